@@ -9,7 +9,8 @@ __path__ = [str(Path(__file__).resolve().parent / "tasks")]
 
 from invoke import Collection  # noqa: E402
 
-from tasks import config  # noqa: E402
+from tasks import config, db, server  # noqa: E402
 
 ns = Collection()
-ns.add_collection(Collection.from_module(config, name="config"))
+for module in (config, db, server):
+    ns.add_collection(Collection.from_module(module))

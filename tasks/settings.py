@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -221,6 +221,21 @@ def postgres_uri(settings: Settings, *, reveal: bool = False, password: str | No
     else:
         shown = quote(password if password is not None else postgres_password(settings), safe="")
     return f"postgresql+psycopg2://{quote(pg.user, safe='')}:{shown}@{pg.host}:{pg.port}/{pg.database}"
+
+
+def known_secrets(settings: Settings) -> tuple[str, ...]:
+    """Every secret the settings lead to, raw and URL-quoted, for masking logs and output."""
+    found = []
+    pg = settings.postgres
+    if pg.uri is not None:
+        creds = pg.uri.get_secret_value().partition("://")[2].rpartition("@")[0]
+        if ":" in creds:
+            found.append(creds.split(":", 1)[1])
+    try:
+        found.append(postgres_password(settings))
+    except ConfigError:
+        pass
+    return tuple({form for secret in found if secret for form in (secret, quote(secret, safe=""), unquote(secret))})
 
 
 def mask_uri(uri: str) -> str:

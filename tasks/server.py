@@ -1,0 +1,65 @@
+"""`server` collection: run `mlflow server` on SQLite or PostgreSQL, ready when it says so."""
+
+from invoke import task
+from invoke.exceptions import Exit
+from tabulate import tabulate
+
+from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
+from tasks.mlflow_server import ServerPaths, server_status, start_server, stop_server
+from tasks.processes import tail
+from tasks.settings import known_secrets
+
+COMMON = {"profile": PROFILE_HELP, "config": CONFIG_HELP}
+START_HELP = {**COMMON, "backend": "sqlite or postgres", "port": "port to listen on (default 3111)",
+              "host": "interface to bind (default 127.0.0.1)", "workers": "uvicorn worker processes"}
+
+
+def _settings(profile, config, **flags):
+    return settings_from(profile, config, **{f"server.{k}" if k != "backend" else k: v for k, v in flags.items()}).settings
+
+
+@task(help=START_HELP)
+def start(c, backend=None, port=None, host=None, workers=None, profile=None, config=None):
+    """Start the MLflow server and wait until it serves requests."""
+    with user_errors():
+        settings = _settings(profile, config, backend=backend, port=port, host=host, workers=workers)
+        result = start_server(settings)
+    for warning in result.warnings:
+        print(warning)
+    rec = result.record
+    if result.reused:
+        print(f"server already running at {rec.details['url']} ({result.backend}, pid {rec.pid}); reused")
+    else:
+        print(f"server ready at {rec.details['url']} ({result.backend}, pid {rec.pid}) in {result.seconds:.1f} s")
+
+
+@task(help=COMMON)
+def stop(c, profile=None, config=None):
+    """Stop the server and every process it started (SIGTERM, then SIGKILL)."""
+    with user_errors():
+        print(stop_server(_settings(profile, config)))
+
+
+@task(help=START_HELP)
+def restart(c, backend=None, port=None, host=None, workers=None, profile=None, config=None):
+    """Stop the server if it runs, then start it."""
+    stop(c, profile=profile, config=config)
+    start(c, backend=backend, port=port, host=host, workers=workers, profile=profile, config=config)
+
+
+@task(help=COMMON)
+def status(c, profile=None, config=None):
+    """Show pid, uptime, backend, URL and health; exit 3 when the server is not running."""
+    with user_errors():
+        state = server_status(_settings(profile, config))
+    print(tabulate(list(state.items()), tablefmt="plain"))
+    if not state["running"]:
+        raise Exit(code=3)
+
+
+@task(help={**COMMON, "lines": "how many lines from the end (default 50)"})
+def logs(c, lines=50, profile=None, config=None):
+    """Print the end of the server's log (secrets masked)."""
+    with user_errors():
+        settings = _settings(profile, config)
+    print(tail(ServerPaths.of(settings).log_file, int(lines), secrets=known_secrets(settings)))

@@ -6,7 +6,7 @@ from invoke import task
 
 from tasks.cli import CONFIG_HELP, PROFILE_HELP, UserError, settings_from, user_errors
 from tasks.settings import backend_store_uri
-from tasks.store_inspection import DEFAULT_LIMIT, DEFAULT_STALE_HOURS, SECTIONS, inspect_store
+from tasks.store_inspection import DEFAULT_LIMIT, DEFAULT_STALE_HOURS, SECTIONS, inspect_store, section_errors
 from tasks.store_report import FORMATS, render
 
 COMMON = {
@@ -38,6 +38,10 @@ def _show(sections, *, uri, backend, format, limit, profile, config, schema=Fals
             limit=DEFAULT_LIMIT if limit is None else int(limit),
         )
         print(render(report, fmt), end="")
+        failed = section_errors(report)
+        if failed:
+            raise UserError(f"{len(failed)} section(s) could not be read ({'; '.join(failed)}); "
+                            "if the schema section says so, run `mlflow db upgrade`")
 
 
 @task(help={**COMMON, "schema": SCHEMA_HELP, "stale_hours": STALE_HELP, "artifacts": ARTIFACTS_HELP})

@@ -41,6 +41,17 @@ class StoreReader:
         self.dialect = dialect  # "sqlite" | "postgresql"
         self.shown_uri = shown_uri  # masked, safe to print
         self.sqlite_path = sqlite_path
+        if dialect == "sqlite":
+            self.errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
+        else:
+            import psycopg2
+
+            self.errors = (psycopg2.Error,)
+
+    def recover(self) -> None:
+        """After a failed query: PostgreSQL needs the aborted transaction rolled back."""
+        if self.dialect == "postgresql":
+            self.conn.rollback()
 
     def rows(self, sql: str, params: tuple = ()) -> list[tuple]:
         cur = self.conn.cursor()
@@ -93,11 +104,12 @@ class StoreReader:
             )
         }
         return [
-            {"name": name, "type": type_, "nullable": nullable == "YES", "default": default, "primary_key": pk.get(name, 0)}
+            {"name": name, "type": type_, "nullable": nullable, "default": default, "primary_key": pk.get(name, 0)}
             for name, type_, nullable, default in self.rows(
-                "SELECT column_name, data_type, is_nullable, column_default FROM information_schema.columns "
-                "WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position",
-                (table,),
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, pg_get_expr(d.adbin, d.adrelid) "
+                "FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+                "WHERE a.attrelid = to_regclass(?) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+                (self.quote(table),),
             )
         ]
 

@@ -37,22 +37,38 @@ def inspect_store(
     with open_store(uri) as store:
         report: dict[str, Any] = {"store": store.shown_uri, "dialect": store.dialect}
         for section in sections:
-            if section == "tables":
-                report["tables"] = table_counts(store, with_schema=with_schema)
-            elif section == "schema":
-                report["schema"] = schema_revision(store)
-            elif section == "integrity":
-                report["integrity"] = integrity(store, limit=limit)
-            elif section == "runs":
-                report["runs"] = run_health(store, stale_hours=stale_hours, limit=limit, now_ms=now_ms)
-            elif section == "metrics":
-                report["metrics"] = metric_progress(store, limit=limit)
-            elif section == "registry":
-                report["registry"] = model_registry(store)
-            elif section == "sizes":
-                report["sizes"] = store_sizes(store)
-                report["sizes"]["artifacts"] = artifact_sizes(store, artifacts_dir, limit=limit)
+            try:
+                _gather(report, store, section, artifacts_dir, with_schema, stale_hours, limit, now_ms)
+            except store.errors as exc:
+                # e.g. a store from an older MLflow lacks a table or column this section reads
+                store.recover()
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                report[section] = {"error": f"could not read this section: {first}"}
         return report
+
+
+def section_errors(report: dict[str, Any]) -> list[str]:
+    """'section: message' for every section that could not be read."""
+    return [f"{name}: {data['error']}" for name, data in report.items() if isinstance(data, dict) and "error" in data]
+
+
+def _gather(report, store, section, artifacts_dir, with_schema, stale_hours, limit, now_ms) -> None:
+    if section == "tables":
+        report["tables"] = table_counts(store, with_schema=with_schema)
+    elif section == "schema":
+        report["schema"] = schema_revision(store)
+    elif section == "integrity":
+        report["integrity"] = integrity(store, limit=limit)
+    elif section == "runs":
+        report["runs"] = run_health(store, stale_hours=stale_hours, limit=limit, now_ms=now_ms)
+    elif section == "metrics":
+        report["metrics"] = metric_progress(store, limit=limit)
+    elif section == "registry":
+        report["registry"] = model_registry(store)
+    elif section == "sizes":
+        sizes = store_sizes(store)
+        sizes["artifacts"] = artifact_sizes(store, artifacts_dir, limit=limit)
+        report["sizes"] = sizes
 
 
 # --- tables and schema -----------------------------------------------------------------

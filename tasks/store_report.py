@@ -17,7 +17,7 @@ TOP_TABLES_BY_SIZE = 15
 
 def render(report: dict[str, Any], fmt: str = "table") -> str:
     if fmt == "json":
-        return json.dumps(report, indent=2, default=str, allow_nan=True)
+        return json.dumps(_no_nan(report), indent=2, default=str)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     out = _Out(markdown=fmt == "markdown")
@@ -25,8 +25,23 @@ def render(report: dict[str, Any], fmt: str = "table") -> str:
     for section, writer in _WRITERS.items():
         if section in report:
             out.heading(section)
-            writer(out, report[section])
+            data = report[section]
+            if isinstance(data, dict) and "error" in data:
+                out.line(data["error"])
+            else:
+                writer(out, data)
     return out.text()
+
+
+def _no_nan(value: Any) -> Any:
+    """NaN (a metric logged as NaN) becomes null: strict JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    return value
 
 
 class _Out:
@@ -147,7 +162,7 @@ def _registry(out: _Out, info: dict) -> None:
     out.table([[m["name"], m["versions"], m["latest_version"] or "-", m["created"]] for m in info["models"]],
               ["model", "versions", "latest", "created"])
     out.subheading("versions")
-    out.table([[v["name"], v["version"], v["stage"], v["status"], v["run_id"] or "-",
+    out.table([[v["name"], v["version"], v["stage"] or "-", v["status"], v["run_id"] or "-",
                 {True: "yes", False: "MISSING", None: "-"}[v["run_exists"]]] for v in info["versions"]],
               ["model", "version", "stage", "status", "run", "run exists"])
     out.subheading("aliases")

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from invoke import Context
 from invoke.exceptions import Exit
+from sqlalchemy.engine import make_url
 
 from tasks import inspect_store as inspect_tasks
-from tasks.cli import UserError
 from tasks.processes import free_port
 from tasks.store_connection import open_store
 from tasks.store_inspection import SECTIONS, inspect_store, schema_revision
@@ -132,7 +132,7 @@ def test_task_prints_masked_uri_and_json(filled, capsys):
     out = capsys.readouterr().out
     data = json.loads(out)
     assert set(SECTIONS) <= set(data)
-    password = __import__("sqlalchemy").engine.make_url(server.store_uri).password
+    password = make_url(server.store_uri).password
     if password:
         assert password not in out and ":***@" in data["store"]
 
@@ -232,3 +232,17 @@ def test_every_format_renders_an_empty_store(mlflow_sqlite_file):
     assert "== integrity ==" in render(report, "table")
     assert "## runs" in render(report, "markdown")
     assert json.loads(render(report, "json"))["integrity"]["integrity_check"] == "ok"
+
+
+def test_unreadable_section_is_reported_and_the_rest_still_shown(mlflow_sqlite_file, tmp_path, capsys):
+    path = tmp_path / "damaged.db"
+    shutil.copy(mlflow_sqlite_file, path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE registered_model_aliases")  # as if written by an MLflow without aliases
+    conn.close()
+    report = inspect_store(f"sqlite:///{path}", None, sections=["registry", "runs"])
+    assert "no such table" in report["registry"]["error"] and report["runs"]["total"] == 0
+    with pytest.raises(Exit) as exc:
+        inspect_tasks.summary(Context(), uri=f"sqlite:///{path}")
+    assert exc.value.code == 1 and "registry" in str(exc.value.message)
+    assert "== runs ==" in capsys.readouterr().out

@@ -34,14 +34,26 @@ def _show(sections, *, uri, backend, format, limit, profile, config, schema=Fals
             artifacts or settings.artifacts_dir,
             sections=sections,
             with_schema=bool(schema),
-            stale_hours=DEFAULT_STALE_HOURS if stale_hours is None else float(stale_hours),
-            limit=DEFAULT_LIMIT if limit is None else int(limit),
+            stale_hours=_number("--stale-hours", stale_hours, DEFAULT_STALE_HOURS, float),
+            limit=int(_number("--limit", limit, DEFAULT_LIMIT, int)),
         )
         print(render(report, fmt), end="")
         failed = section_errors(report)
         if failed:
             raise UserError(f"{len(failed)} section(s) could not be read ({'; '.join(failed)}); "
                             "if the schema section says so, run `mlflow db upgrade`")
+
+
+def _number(flag, value, default, kind):
+    if value is None:
+        return default
+    try:
+        number = kind(value)
+    except ValueError:
+        raise UserError(f"{flag} {value!r} is not a number") from None
+    if number < 0:
+        raise UserError(f"{flag} must not be negative")
+    return number
 
 
 @task(help={**COMMON, "schema": SCHEMA_HELP, "stale_hours": STALE_HELP, "artifacts": ARTIFACTS_HELP})

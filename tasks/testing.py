@@ -44,6 +44,10 @@ def deployment(c, url=None, report_dir=None, cleanup=False, browser=None, profil
         store_skip = f"{target} is not the configured server ({configured_url}); its store is unknown"
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = Path(report_dir) if report_dir else settings.state_path / "reports" / f"checks-{stamp}"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise Exit(f"error: cannot create report directory {out_dir}: {exc.strerror}", code=1) from None
     if browser is None:
         browser = DEFAULT_BROWSER
     print(f"checking {target}; report in {out_dir}")

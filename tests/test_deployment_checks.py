@@ -155,6 +155,19 @@ def test_deployment_task_exits_non_zero_when_a_check_fails(tmp_path, monkeypatch
     assert storage["status"] == SKIPPED and "not the configured server" in storage["reason"]
 
 
+def test_deployment_task_reports_an_unusable_report_dir_in_one_line(tmp_path):
+    from tasks.testing import deployment
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(Exit) as exc:
+        deployment(Context(), url=dead_url(), report_dir=str(blocker / "reports"), config=str(empty))
+    assert exc.value.code == 1
+    assert exc.value.message == f"error: cannot create report directory {blocker / 'reports'}: Not a directory"
+
+
 def test_describe_error_strips_sql_and_names_http_status():
     class MlflowishError(Exception):
         __module__ = "mlflow.exceptions"
@@ -335,9 +348,53 @@ def test_healthy_postgres_server_passes_every_check(request, tmp_path):
         pytest.skip("no postgres_server fixture in tests/conftest.py")
     report = run_checks(
         server.url, report_dir=tmp_path, store_uri=server.store_uri, artifacts_dir=server.artifacts_dir,
-        browser=None, cleanup=True,
+        browser=CHROMIUM, cleanup=True,
     )
     statuses = {c.name: (c.status, c.reason) for c in report.checks}
-    assert statuses.pop("web UI")[0] == SKIPPED
+    assert statuses.pop("web UI")[0] == (PASS if os.path.isfile(CHROMIUM) else SKIPPED)
     assert all(status == PASS for status, _ in statuses.values()), statuses
-    assert "no orphan rows across" in statuses["storage"][1]
+    assert "no orphan rows across" in statuses["storage"][1], statuses["storage"]
+    assert "artifact files on disk" in statuses["storage"][1]
+
+
+@pytest.mark.integration
+def test_postgres_storage_check_finds_orphan_rows(request):
+    import secrets
+
+    import psycopg2
+
+    from tasks.storage_check import check_postgres
+
+    try:
+        server = request.getfixturevalue("postgres_server")
+    except pytest.FixtureLookupError:
+        pytest.skip("no postgres_server fixture in tests/conftest.py")
+    dsn = "postgresql://" + server.store_uri.split("://", 1)[1]
+    schema = f"check_orphans_{secrets.token_hex(3)}"
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        # The orphan goes in first; NOT VALID lets the foreign key be added over it.
+        cur.execute(
+            f"""
+            CREATE SCHEMA {schema};
+            SET search_path TO {schema};
+            CREATE TABLE alembic_version (version_num text PRIMARY KEY);
+            CREATE TABLE experiments (experiment_id int PRIMARY KEY);
+            CREATE TABLE runs (run_uuid text PRIMARY KEY, experiment_id int);
+            INSERT INTO experiments VALUES (1);
+            INSERT INTO runs VALUES ('r1', 1), ('r2', 99);
+            ALTER TABLE runs ADD CONSTRAINT runs_experiment_fk
+                FOREIGN KEY (experiment_id) REFERENCES experiments NOT VALID;
+            """
+        )
+    try:
+        separator = "&" if "?" in server.store_uri else "?"
+        with pytest.raises(CheckFailed) as failed:
+            check_postgres(f"{server.store_uri}{separator}options=-csearch_path%3D{schema}")
+        assert "runs -> experiments (runs_experiment_fk): 1" in str(failed.value)
+        assert "foreign keys not validated: runs_experiment_fk" in str(failed.value)
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP SCHEMA {schema} CASCADE")
+        conn.close()

@@ -161,7 +161,7 @@ def run_checks(
                 on_result(result)
         _finish_run(ctx)
         if cleanup:
-            result = _run_one(len(report.checks) + 1, Check("cleanup", cleanup_check_objects), ctx, {"*"}, hidden)
+            result = _run_one(len(report.checks) + 1, Check("cleanup", cleanup_check_objects), ctx, passed, hidden)
             report.checks.append(result)
             if on_result:
                 on_result(result)
@@ -171,7 +171,7 @@ def run_checks(
 
 
 def _run_one(number: int, check: Check, ctx: CheckContext, passed: set[str], hidden: tuple[str, ...]) -> CheckResult:
-    missing = [need for need in check.needs if need not in passed and "*" not in passed]
+    missing = [need for need in check.needs if need not in passed]
     if missing:
         return CheckResult(number, check.name, SKIPPED, "needs " + ", ".join(missing), 0.0)
     ctx.latencies = []
@@ -263,6 +263,8 @@ def cleanup_check_objects(ctx: CheckContext) -> str:
     """Delete what this run created: the registered model (all versions) and the experiment."""
     from mlflow.exceptions import MlflowException
 
+    if ctx.experiment_id is None:
+        raise CheckSkipped("nothing to clean up: no experiment was created")
     done = []
     try:
         ctx.client.delete_registered_model(ctx.model_name)
@@ -270,10 +272,9 @@ def cleanup_check_objects(ctx: CheckContext) -> str:
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise
-    if ctx.experiment_id is not None:
-        ctx.client.delete_experiment(ctx.experiment_id)
-        done.append(f"experiment {ctx.experiment_name} (soft delete; `mlflow gc` purges it)")
-    return "deleted " + " and ".join(done) if done else "nothing was created"
+    ctx.client.delete_experiment(ctx.experiment_id)
+    done.append(f"experiment {ctx.experiment_name} (soft delete; `mlflow gc` purges it)")
+    return "deleted " + " and ".join(done)
 
 
 @contextlib.contextmanager

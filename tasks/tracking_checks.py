@@ -71,13 +71,11 @@ def check_dataset(ctx: CheckContext) -> str:
     import mlflow
     import numpy as np
     import pandas as pd
-    from mlflow.entities import DatasetInput, InputTag
 
     frame = pd.DataFrame(np.random.RandomState(7).rand(100, 3), columns=["feature_a", "feature_b", "feature_c"])
     dataset = mlflow.data.from_pandas(frame, name="mlflow-ops-check-data")
-    entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])
-    with ctx.timed("logging call", "log_inputs dataset"):
-        ctx.client.log_inputs(ctx.run_id, datasets=[entity])
+    with mlflow.start_run(run_id=ctx.run_id), ctx.timed("logging call", "log_input dataset"):
+        mlflow.log_input(dataset, context="training")
     inputs = ctx.client.get_run(ctx.run_id).inputs.dataset_inputs
     found = [i.dataset for i in inputs if i.dataset.name == dataset.name]
     if not found:

@@ -37,7 +37,7 @@ def dead_url() -> str:
 def test_no_server_fails_fast_with_a_clear_reason(tmp_path):
     url = dead_url()
     start = time.monotonic()
-    report = run_checks(url, report_dir=tmp_path, browser=None)
+    report = run_checks(url, report_dir=tmp_path, browser=None, cleanup=True)
     elapsed = time.monotonic() - start
     checks = by_name(report)
     assert checks["experiment"].status == FAIL
@@ -46,6 +46,7 @@ def test_no_server_fails_fast_with_a_clear_reason(tmp_path):
         assert checks[name].status == SKIPPED and checks[name].reason.startswith("needs experiment"), name
     assert checks["model registry"].reason == "needs model"
     assert checks["storage"].status == SKIPPED
+    assert checks["cleanup"].status == SKIPPED and checks["cleanup"].reason.startswith("nothing to clean up")
     assert not report.ok
     # Not a speed target: MLflow's default retries would take minutes here.
     assert elapsed < 60

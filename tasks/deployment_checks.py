@@ -151,20 +151,21 @@ def run_checks(
             artifacts_dir=Path(artifacts_dir) if artifacts_dir else None,
             browser=browser,
         )
+        steps = list(checks or all_checks())
+        if cleanup:
+            steps.append(Check("cleanup", cleanup_check_objects))
         passed: set[str] = set()
-        for number, check in enumerate(checks or all_checks(), start=1):
+        for number, check in enumerate(steps, start=1):
+            if check.name == "cleanup":
+                _finish_run(ctx)  # while its experiment is still there
             result = _run_one(number, check, ctx, passed, hidden)
             report.checks.append(result)
             if result.status == PASS:
                 passed.add(check.name)
             if on_result:
                 on_result(result)
-        _finish_run(ctx)
-        if cleanup:
-            result = _run_one(len(report.checks) + 1, Check("cleanup", cleanup_check_objects), ctx, passed, hidden)
-            report.checks.append(result)
-            if on_result:
-                on_result(result)
+        if not cleanup:
+            _finish_run(ctx)
         report.experiment_id, report.run_id, report.screenshot = ctx.experiment_id, ctx.run_id, ctx.screenshot
     report.finished_at = _now()
     return report

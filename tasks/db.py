@@ -10,7 +10,7 @@ from tabulate import tabulate
 
 from tasks import postgres
 from tasks.cli import CONFIG_HELP, PROFILE_HELP, UserError, settings_from, user_errors
-from tasks.mlflow_server import running_record
+from tasks.mlflow_server import is_loopback, running_record
 from tasks.settings import postgres_uri
 
 COMMON = {"profile": PROFILE_HELP, "config": CONFIG_HELP,
@@ -28,6 +28,8 @@ def start(c, profile=None, config=None, provider=None):
     with user_errors():
         began = time.monotonic()
         settings, db = _provider(profile, config, provider)
+        if not is_loopback(settings.postgres.host) and db.name != "external":
+            print(f"WARNING: PostgreSQL listens on {settings.postgres.host}, reachable from other machines")
         message = db.start()
         postgres.remember_provider(settings, db.name)
     print(f"{message} [{db.name}, {time.monotonic() - began:.1f} s]")

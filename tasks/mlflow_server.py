@@ -16,6 +16,7 @@ from tasks import postgres
 from tasks.cli import UserError
 from tasks.processes import (ProcessRecord, is_alive, port_holder, port_is_free, record_for,
                              start_group, stop_group, tail, wait_until)
+from tasks.server_auth import auth_server_env, basic_auth_header
 from tasks.settings import Settings, backend_store_uri, known_secrets
 
 
@@ -67,7 +68,9 @@ def start_server(settings: Settings) -> StartResult:
     if backend == "sqlite":
         prepare_sqlite(settings.sqlite_file, wal=settings.sqlite.wal)
 
-    settings.artifacts_dir.mkdir(parents=True, exist_ok=True)
+    # Others may traverse the state dir (Postgres runs as its own OS user), not list it.
+    settings.state_path.mkdir(parents=True, exist_ok=True, mode=0o711)
+    settings.artifacts_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     started = time.monotonic()
     proc = start_group(server_command(settings), env=server_env(settings), log_path=paths.log_file,
                        cwd=settings.state_path)
@@ -75,7 +78,8 @@ def start_server(settings: Settings) -> StartResult:
                                    "store": backend_store_uri(settings), "log": str(paths.log_file)})
     record.write(paths.pid_file)
     try:
-        wait_ready(cfg.url, proc_alive=lambda: proc.poll() is None, timeout=cfg.start_timeout)
+        wait_ready(cfg.url, proc_alive=lambda: proc.poll() is None, timeout=cfg.start_timeout,
+                   headers=basic_auth_header(settings))
     except UserError as exc:
         stop_group(record.pgid, grace=cfg.stop_grace)
         paths.pid_file.unlink(missing_ok=True)
@@ -130,6 +134,8 @@ def server_command(settings: Settings, *, stock: bool = False) -> list[str]:
             "--allowed-hosts", allowed_hosts(settings)]
     if cfg.uvicorn_opts:
         cmd += ["--uvicorn-opts", cfg.uvicorn_opts]
+    if cfg.auth.enabled:
+        cmd += ["--app-name", "basic-auth"]
     return cmd
 
 
@@ -139,6 +145,8 @@ def server_env(settings: Settings) -> dict[str, str]:
     env.update(settings.server.env)
     env["MLFLOW_BACKEND_STORE_URI"] = backend_store_uri(settings, reveal=True)
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "true" if settings.server.job_execution else "false"
+    if settings.server.auth.enabled:
+        env.update(auth_server_env(settings))
     return env
 
 
@@ -155,6 +163,8 @@ def allowed_hosts(settings: Settings) -> str:
 def prepare_sqlite(path: Path, *, wal: bool) -> None:
     """Create the file's folder and switch it to WAL once (the mode persists in the file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
     if not wal:
         return
     with sqlite3.connect(path) as conn:
@@ -163,13 +173,13 @@ def prepare_sqlite(path: Path, *, wal: bool) -> None:
     conn.close()
 
 
-def wait_ready(url: str, *, proc_alive, timeout: float) -> None:
+def wait_ready(url: str, *, proc_alive, timeout: float, headers: dict[str, str] | None = None) -> None:
     """Ready = /health answers and a real store call succeeds. Fails at once if the process dies."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not proc_alive():
             raise UserError("the server exited during start-up")
-        if health(url) and store_answers(url):
+        if health(url) and store_answers(url, headers=headers):
             return
         time.sleep(0.2)
     raise UserError(f"the server did not become ready within {timeout:.0f} s (stopped it)")
@@ -183,10 +193,10 @@ def health(url: str) -> bool:
         return False
 
 
-def store_answers(url: str) -> bool:
+def store_answers(url: str, *, headers: dict[str, str] | None = None) -> bool:
     body = json.dumps({"max_results": 1}).encode()
     req = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/search", data=body,
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
             return resp.status == 200
@@ -199,7 +209,12 @@ def record_port(record: ProcessRecord, settings: Settings) -> int:
 
 
 def _bind_warnings(settings: Settings) -> list[str]:
-    if settings.server.host in ("127.0.0.1", "localhost", "::1"):
+    if is_loopback(settings.server.host):
         return []
-    return [f"WARNING: the server listens on {settings.server.host}, reachable from other machines; "
-            "MLflow has no authentication in this mode"]
+    auth = "sign-in is required (basic auth)" if settings.server.auth.enabled else \
+        "anyone who reaches it can read and change runs: consider server.auth.enabled"
+    return [f"WARNING: the server listens on {settings.server.host}, reachable from other machines; {auth}"]
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")

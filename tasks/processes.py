@@ -63,11 +63,15 @@ def is_alive(record: ProcessRecord) -> bool:
 
 def start_group(cmd: list[str], *, env: dict[str, str], log_path: Path, cwd: Path | None = None,
                 **popen_kwargs) -> subprocess.Popen:
-    """Start cmd as the leader of a new process group, output appended to log_path."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    """Start cmd as the leader of a new process group, output appended to log_path (mode 0600).
+
+    The group's umask is 0077: whatever it writes (store files, artifacts) is ours alone.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "ab") as log:
         return subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True, **popen_kwargs)
+                                stderr=subprocess.STDOUT, start_new_session=True, umask=0o077, **popen_kwargs)
 
 
 def group_members(pgid: int) -> list[psutil.Process]:

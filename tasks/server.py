@@ -31,6 +31,9 @@ def start(c, backend=None, port=None, host=None, workers=None, profile=None, con
         print(f"server already running at {rec.details['url']} ({result.backend}, pid {rec.pid}); reused")
     else:
         print(f"server ready at {rec.details['url']} ({result.backend}, pid {rec.pid}) in {result.seconds:.1f} s")
+    if settings.server.auth.enabled:
+        print(f"sign-in required: user {settings.server.auth.admin_user}, password in "
+              f"{settings.state_path / 'secrets' / 'admin_password'} (or server.auth.admin_password)")
 
 
 @task(help=COMMON)

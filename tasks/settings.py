@@ -39,6 +39,20 @@ class _Strict(BaseModel):
 Port = Field(ge=1, le=65535)
 
 
+class AuthSettings(_Strict):
+    enabled: bool
+    admin_user: str
+    admin_password: SecretStr | None
+    default_permission: Literal["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"]
+
+    @field_validator("admin_password")
+    @classmethod
+    def _not_the_old_default(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value() in ("password1234", ""):
+            raise ValueError("this is MLflow's old default admin password; choose another or leave it null")
+        return value
+
+
 class ServerSettings(_Strict):
     host: str
     port: int = Port
@@ -50,6 +64,7 @@ class ServerSettings(_Strict):
     fallback_to_sqlite: bool
     uvicorn_opts: str
     env: dict[str, str]
+    auth: AuthSettings
 
     @property
     def url(self) -> str:
@@ -191,19 +206,26 @@ def postgres_password(settings: Settings, *, generate: bool = False) -> str:
     """
     if settings.postgres.password is not None:
         return settings.postgres.password.get_secret_value()
-    path = settings.state_path / "secrets" / "postgres_password"
+    password = stored_secret(settings, "postgres_password", generate=generate)
+    if password is None:
+        raise ConfigError("no PostgreSQL password: set MLFLOW_OPS_POSTGRES__PASSWORD or run `inv db.start` "
+                          f"to generate {settings.state_path / 'secrets' / 'postgres_password'}")
+    return password
+
+
+def stored_secret(settings: Settings, name: str, *, generate: bool) -> str | None:
+    """A secret kept in <state_dir>/secrets/<name> (mode 0600), generated on first use if asked."""
+    path = settings.state_path / "secrets" / name
     if path.is_file():
         return path.read_text().strip()
     if not generate:
-        raise ConfigError(
-            f"no PostgreSQL password: set MLFLOW_OPS_POSTGRES__PASSWORD or run `inv db.start` to generate {path}"
-        )
+        return None
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    password = secrets.token_urlsafe(24)
+    value = secrets.token_urlsafe(24)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(password + "\n")
-    return password
+        fh.write(value + "\n")
+    return value
 
 
 def postgres_uri(settings: Settings, *, reveal: bool = False, password: str | None = None) -> str:
@@ -235,6 +257,9 @@ def known_secrets(settings: Settings) -> tuple[str, ...]:
         found.append(postgres_password(settings))
     except ConfigError:
         pass
+    if settings.server.auth.admin_password is not None:
+        found.append(settings.server.auth.admin_password.get_secret_value())
+    found += [stored_secret(settings, name, generate=False) for name in ("admin_password", "flask_secret_key")]
     return tuple({form for secret in found if secret for form in (secret, quote(secret, safe=""), unquote(secret))})
 
 

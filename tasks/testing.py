@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from invoke.exceptions import Exit
 from tasks.check_reports import format_table, write_reports
 from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from
 from tasks.deployment_checks import DEFAULT_BROWSER, run_checks
+from tasks.server_auth import client_env
 from tasks.settings import ConfigError, backend_store_uri
 
 DEPLOYMENT_HELP = {
@@ -35,6 +37,7 @@ def deployment(c, url=None, report_dir=None, cleanup=False, browser=None, profil
     target = (url or configured_url).rstrip("/")
     store_uri, store_skip, artifacts_dir = None, None, None
     if target == configured_url.rstrip("/"):
+        os.environ.update(client_env(settings))  # sign in when the server runs with basic auth
         artifacts_dir = settings.artifacts_dir
         try:
             store_uri = backend_store_uri(settings, reveal=True)

@@ -1,0 +1,271 @@
+"""Orchestrate `inv bench`: backends x set-ups, each on a fresh store, timed interleaved.
+
+Set-ups:
+  tuned  what `inv server.start` runs (tasks.mlflow_server.start_server, our config).
+  stock  `mlflow server --backend-store-uri URI --host 127.0.0.1 --port P` as MLflow's docs
+         show it, started from this environment with `--uvicorn-opts "--http h11"` so that
+         the httptools we install does not make it faster than a plain `pip install mlflow`,
+         and job execution left on (MLflow's default). The store URI reaches it through
+         MLFLOW_BACKEND_STORE_URI, the env twin of --backend-store-uri, so that no password
+         lands in argv; no other MLFLOW_* variable is passed on.
+
+Every set-up gets its own state dir under /tmp (mode 0755, so the postgres OS user can
+enter it), free ports, and a fresh store: its own SQLite file, or its own database on one
+throwaway local PostgreSQL cluster. All servers start together and are ready (migrations
+done) before timing; then the cells run interleaved, repetition by repetition, so drift
+and the noise of other work on the machine fall on every set-up alike.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from pydantic import SecretStr
+
+from tasks import bench_raw, postgres
+from tasks.bench_stats import cell_stats, compare_cells, evaluate_targets, mlflow_vs_raw
+from tasks.cli import UserError
+from tasks.mlflow_server import server_command, start_server, stop_server, wait_ready
+from tasks.processes import free_port, start_group, stop_group, tail
+from tasks.settings import Settings, backend_store_uri, known_secrets, load_settings, mask_uri
+from tasks.workload import OPS, ROWS_PER_CALL, ClientPool, WorkloadSpec, load_spec, prepare_experiments, run_workload
+
+BACKENDS = ("sqlite", "postgres")
+SETUPS = ("tuned", "stock")
+STOCK_UVICORN_OPTS = "--http h11"
+
+
+@dataclass
+class Target:
+    backend: str
+    setup: str
+    settings: Settings
+    proc: object = None                  # stock: the Popen we started
+    experiment_id: str = ""
+    seed_experiment_id: str = ""
+    reps: dict = field(default_factory=dict)   # (clients, op) -> [rep dicts]
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}/{self.setup}"
+
+    @property
+    def url(self) -> str:
+        return self.settings.server.url
+
+
+def default_settings(state_dir: Path) -> Settings:
+    """The project's defaults, isolated from the user's env and config/local.yaml."""
+    empty = state_dir / "empty.yaml"
+    empty.write_text("")
+    return load_settings(config_file=str(empty), environ={}).settings
+
+
+def run_bench(*, backends=BACKENDS, preset: str = "quick", spec: WorkloadSpec | None = None,
+              base: Settings | None = None, client_mode: str = "process",
+              progress: Callable[[str], None] | None = None) -> dict:
+    """Run the whole comparison and return the results document (see bench_report)."""
+    backends = list(dict.fromkeys(backends))
+    if unknown := [b for b in backends if b not in BACKENDS]:
+        raise UserError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+    spec = spec or load_spec(preset)
+    progress = progress or stderr_progress()
+    root = Path(tempfile.mkdtemp(prefix="mlflow-ops-bench-", dir="/tmp"))
+    root.chmod(0o755)
+    started_at, began = datetime.now(timezone.utc), time.monotonic()
+    base = base or default_settings(root)
+    password = secrets.token_urlsafe(18)
+    pg_settings = _derive(base, root / "postgres", "postgres", password, database="postgres") if "postgres" in backends else None
+    targets = [Target(b, s, _derive(base, root / f"{b}-{s}", b, password,
+                                    database=f"mlflow_bench_{s}", pg_port=pg_settings.postgres.port if pg_settings else None))
+               for b in backends for s in SETUPS]
+    db = postgres.provider_for(pg_settings) if pg_settings else None
+    pool = None
+    try:
+        progress("starting PostgreSQL" if db else "starting servers")
+        if db:
+            db.start()
+            for t in targets:
+                if t.backend == "postgres":
+                    postgres.recreate_database(t.settings, password=password)
+        progress(f"starting {len(targets)} servers and {max(spec.clients)} clients  ({time.monotonic() - began:.0f} s)")
+        with ThreadPoolExecutor(len(targets) + 1) as ex:
+            pool_future = ex.submit(ClientPool, max(max(spec.clients), spec.warmup_clients),
+                                    mode=client_mode, request_timeout_s=spec.request_timeout_s)
+            futures = [ex.submit(_start, t) for t in targets]
+            problems = [str(exc) for exc in (f.exception() for f in futures) if exc]
+            pool = pool_future.result()
+        if problems:
+            raise UserError("a server did not start: " + " | ".join(problems))
+        _timed(targets, spec, pool, lambda m: progress(f"{m}  ({time.monotonic() - began:.0f} s)"))
+        progress(f"raw inserts  ({time.monotonic() - began:.0f} s)")
+        raw = [dict(backend=t.backend, store=t.setup, **row) for t in targets for row in _raw(t, spec)]
+        env = _environment(targets, pg_settings)
+    finally:
+        progress("stopping servers")
+        if pool:
+            pool.close()
+        with ThreadPoolExecutor(max(len(targets), 1)) as ex:
+            list(ex.map(_stop, targets))
+        if db:
+            db.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        progress("")
+    return _document(targets, spec, raw, env, started_at, time.monotonic() - began, client_mode)
+
+
+def _derive(base: Settings, state: Path, backend: str, password: str, *, database: str,
+            pg_port: int | None = None) -> Settings:
+    state.mkdir(mode=0o755, parents=True, exist_ok=True)
+    s = base.model_copy(deep=True)
+    s.state_dir, s.backend = str(state), backend
+    s.server.host, s.server.port = "127.0.0.1", free_port()
+    s.server.start_timeout, s.server.allowed_hosts = max(s.server.start_timeout, 300), None
+    s.server.fallback_to_sqlite = False
+    s.sqlite.path = None
+    pg = s.postgres
+    pg.provider, pg.uri, pg.password, pg.database = "local", None, SecretStr(password), database
+    pg.port = pg_port or free_port()
+    if backend == "postgres":  # what the postgres backend layer adds (pool sizes), as server.start would
+        layer = load_settings(config_file=str(_empty(state)), environ={}, overrides={"backend": "postgres"})
+        s.server.env = {**layer.settings.server.env, **base.server.env}
+    return s
+
+
+def _empty(state: Path) -> Path:
+    path = state / "empty.yaml"
+    path.write_text("")
+    return path
+
+
+def _start(t: Target) -> None:
+    if t.setup == "tuned":
+        start_server(t.settings)
+        return
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_BACKEND_STORE_URI"] = backend_store_uri(t.settings, reveal=True)
+    log = t.settings.state_path / "stock.log"
+    t.proc = start_group(stock_command(t.settings), env=env, log_path=log, cwd=t.settings.state_path)
+    try:
+        wait_ready(t.url, proc_alive=lambda: t.proc.poll() is None, timeout=t.settings.server.start_timeout)
+    except UserError as exc:
+        raise UserError(f"stock {t.backend}: {exc}\n{tail(log, 15, secrets=known_secrets(t.settings))}") from None
+
+
+def stock_command(settings: Settings) -> list[str]:
+    return server_command(settings, stock=True) + ["--uvicorn-opts", STOCK_UVICORN_OPTS]
+
+
+def _stop(t: Target) -> None:
+    if t.setup == "tuned":
+        stop_server(t.settings)
+    elif t.proc is not None:
+        stop_group(t.proc.pid, grace=t.settings.server.stop_grace)
+        t.proc.wait(timeout=30)
+
+
+def _timed(targets: list[Target], spec: WorkloadSpec, pool: ClientPool, progress) -> None:
+    total = len(targets) * (1 + spec.repetitions * len(spec.clients))
+    step = 0
+    progress(f"seeding {spec.seed_runs} runs into each store")
+    with ThreadPoolExecutor(len(targets)) as ex:  # untimed, all stores at once
+        seeded = list(ex.map(lambda t: prepare_experiments(t.url, spec, label=t.setup), targets))
+    for t, (experiment_id, seed_id) in zip(targets, seeded):
+        t.experiment_id, t.seed_experiment_id = experiment_id, seed_id
+    for t in targets:  # untimed: warm every server worker, client and connection
+        step += 1
+        progress(f"[{step}/{total}] {t.name}: warm-up")
+        run_workload(t.url, spec, clients=spec.warmup_clients, pool=pool, ops=spec.warmup,
+                     experiment_id=t.experiment_id, seed_experiment_id=t.seed_experiment_id)
+    for rep in range(spec.repetitions):
+        for clients in spec.clients:
+            shift = (rep + clients) % len(targets)
+            for t in targets[shift:] + targets[:shift]:
+                step += 1
+                progress(f"[{step}/{total}] rep {rep + 1}/{spec.repetitions} {t.name} x{clients} clients")
+                result = run_workload(t.url, spec, clients=clients, pool=pool, experiment_id=t.experiment_id,
+                                      seed_experiment_id=t.seed_experiment_id)
+                for op, r in result.ops.items():
+                    t.reps.setdefault((clients, op), []).append(
+                        {"latencies": r.latencies, "errors": r.errors, "throughput": r.throughput,
+                         "error_examples": r.error_examples})
+
+
+def _raw(t: Target, spec: WorkloadSpec) -> list[dict]:
+    limits = {k: spec.raw.get(k, d) for k, d in
+              (("single_rows", 300), ("batch_rows", 1000), ("batches", 10), ("max_seconds", 3))}
+    if t.backend == "sqlite":
+        return bench_raw.raw_sqlite(t.settings.sqlite_file, **limits)
+    return bench_raw.raw_postgres(postgres.connect(t.settings), **limits)
+
+
+def _environment(targets: list[Target], pg_settings: Settings | None) -> dict:
+    env = bench_raw.environment()
+    env["postgres"] = bench_raw.postgres_version(postgres.connect(pg_settings)) if pg_settings else "not benched"
+    for t in targets:
+        if t.backend == "sqlite":
+            env[f"sqlite_journal_mode_{t.setup}"] = bench_raw.sqlite_journal_mode(t.settings.sqlite_file)
+    return env
+
+
+def _describe_setup(t: Target) -> dict:
+    s = t.settings
+    if t.setup == "tuned":
+        cmd = server_command(s)
+        env = {**s.server.env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": str(s.server.job_execution).lower()}
+        how = "what `inv server.start` runs"
+    else:
+        cmd, env = stock_command(s), {}
+        how = ("`mlflow server` as MLflow's docs show it; forced to h11 (--uvicorn-opts '--http h11') "
+               "because this environment has httptools; job execution left on; store URI via "
+               "MLFLOW_BACKEND_STORE_URI (the env form of --backend-store-uri)")
+    cmd = ["python" if c == sys.executable else c for c in cmd]
+    return {"backend": t.backend, "setup": t.setup, "how": how, "command": " ".join(cmd),
+            "env": env, "store": mask_uri(backend_store_uri(s)).replace(str(s.state_path), "<state>")}
+
+
+def _document(targets, spec, raw, env, started_at, seconds, client_mode) -> dict:
+    cells = {(t.backend, t.setup, c, op): cell_stats(reps) for t in targets for (c, op), reps in t.reps.items()}
+    backends = list(dict.fromkeys(t.backend for t in targets))
+    rows = []
+    for (backend, setup, clients, op), st in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], OPS.index(kv[0][3]))):
+        rows.append({"backend": backend, "setup": setup, "clients": clients, "op": op, **st,
+                     "rows_per_s": st["throughput"] * ROWS_PER_CALL[op] if op in ROWS_PER_CALL else None})
+    ratios = []
+    for b in backends:
+        ratios += compare_cells(cells, key_a={"backend": b, "setup": "tuned"}, key_b={"setup": "stock"},
+                                label="tuned vs stock")
+    if len(backends) == 2:
+        for s in SETUPS:
+            ratios += compare_cells(cells, key_a={"backend": "postgres", "setup": s}, key_b={"backend": "sqlite"},
+                                    label="postgres vs sqlite")
+    errors = [e for t in targets for reps in t.reps.values() for r in reps for e in r["error_examples"]][:20]
+    return {"meta": {"preset": spec.name, "started_at": started_at.isoformat(timespec="seconds"),
+                     "duration_s": round(seconds, 1), "backends": backends, "client_mode": client_mode,
+                     "spec": spec.__dict__},
+            "environment": env, "setups": [_describe_setup(t) for t in targets], "cells": rows,
+            "raw": raw, "ratios": ratios, "mlflow_vs_raw": mlflow_vs_raw(cells, raw),
+            "targets": evaluate_targets(cells, backends), "error_examples": errors}
+
+
+def stderr_progress() -> Callable[[str], None]:
+    """One progress line on stderr, rewritten in place on a terminal."""
+    tty = sys.stderr.isatty()
+
+    def show(message: str) -> None:
+        if tty:
+            sys.stderr.write("\r\033[K" + message)
+        elif message:
+            sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+    return show

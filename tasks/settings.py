@@ -113,6 +113,15 @@ class PostgresSettings(_Strict):
     docker: DockerSettings
     local: LocalPostgresSettings
 
+    @field_validator("uri")
+    @classmethod
+    def _postgres_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            scheme = value.get_secret_value().partition("://")[0]
+            if scheme not in ("postgresql", "postgres", "postgresql+psycopg2"):
+                raise ValueError(f"scheme {scheme!r} is not PostgreSQL; write postgresql://user:password@host:port/db")
+        return value
+
 
 class Settings(_Strict):
     state_dir: str
@@ -150,8 +159,12 @@ def load_settings(
     config_file: str | None = None,
     overrides: dict[str, Any] | None = None,
     environ: dict[str, str] | None = None,
+    local_file: bool = True,
 ) -> Loaded:
-    """Merge every layer and validate. Raises ConfigError with a one-line message."""
+    """Merge every layer and validate. Raises ConfigError with a one-line message.
+
+    local_file=False ignores config/local.yaml (tests and benches stay hermetic with environ={}).
+    """
     environ = dict(os.environ if environ is None else environ)
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     merged: dict[str, Any] = {}
@@ -166,8 +179,8 @@ def load_settings(
 
     env_values = _env_layer(environ)
     profile = profile or environ.get(ENV_PROFILE)
-    user_file = _user_file(config_file or environ.get(ENV_CONFIG_FILE))
-    user_data = _read_yaml(user_file, required=config_file is not None) if user_file else {}
+    user_file = _user_file(config_file or environ.get(ENV_CONFIG_FILE), local_file=local_file)
+    user_data = _read_yaml(user_file, required=True, empty_ok=False) if user_file else {}
 
     # The backend layer is picked by the backend that the higher layers ask for.
     env_flat = {key: value for key, (value, _) in env_values.items()}
@@ -294,11 +307,11 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
-def _user_file(explicit: str | None) -> Path | None:
+def _user_file(explicit: str | None, *, local_file: bool) -> Path | None:
     if explicit:
         return Path(explicit).expanduser()
     local = CONFIG_DIR / "local.yaml"
-    return local if local.is_file() else None
+    return local if local_file and local.is_file() else None
 
 
 def _profile_file(profile: str) -> Path:
@@ -309,7 +322,7 @@ def _profile_file(profile: str) -> Path:
     return path
 
 
-def _read_yaml(path: Path, *, required: bool) -> dict[str, Any]:
+def _read_yaml(path: Path, *, required: bool, empty_ok: bool = True) -> dict[str, Any]:
     if not path.is_file():
         if required:
             raise ConfigError(f"{path}: config file not found")
@@ -324,6 +337,8 @@ def _read_yaml(path: Path, *, required: bool) -> dict[str, Any]:
             problem = "tags such as !!python/object are refused; only plain YAML is loaded"
         raise ConfigError(f"{_rel(path)}:{where}: not valid YAML ({problem})") from None
     if data is None:
+        if not empty_ok:  # most likely a file written by mistake, or the wrong file named
+            raise ConfigError(f"{_rel(path)}: config file is empty; add settings (or {{}}) or stop naming it")
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{_rel(path)}: expected a mapping of settings, got {type(data).__name__}")

@@ -31,12 +31,10 @@ def make_state_dir() -> Path:
 
 def make_settings(state_dir: Path, **overrides) -> Settings:
     """Settings from the project's YAML, isolated from the user's env and config/local.yaml."""
-    empty = state_dir / "empty.yaml"
-    empty.write_text("")
     values = {"state_dir": str(state_dir), "server.port": free_port(), "postgres.port": free_port(),
               "postgres.provider": "local", "server.start_timeout": 180, "postgres.start_timeout": 120}
     values.update(overrides)
-    return load_settings(config_file=str(empty), overrides=values, environ={}).settings
+    return load_settings(overrides=values, environ={}, local_file=False).settings
 
 
 @dataclass

@@ -78,8 +78,6 @@ def test_python_object_tag_is_refused_and_never_constructed(state_dir):
     assert not marker.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 7 asks an empty config file to be refused; settings.py loads it "
-                                       "as 'no settings' (test_settings.py says so, conftest relies on it)")
 def test_empty_config_file_is_refused(state_dir):
     assert_refused(inv("config.check", env=_config(state_dir, "")), state_dir, "empty")
 

@@ -146,7 +146,7 @@ def test_deployment_task_exits_non_zero_when_a_check_fails(tmp_path, monkeypatch
     for key in [k for k in os.environ if k.startswith("MLFLOW_OPS_")]:
         monkeypatch.delenv(key)
     empty = tmp_path / "empty.yaml"
-    empty.write_text("")
+    empty.write_text("{}\n")
     out = tmp_path / "reports"
     with pytest.raises(Exit) as exc:
         deployment(Context(), url=dead_url(), report_dir=str(out), browser="none", config=str(empty))
@@ -162,7 +162,7 @@ def test_deployment_task_reports_an_unusable_report_dir_in_one_line(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     empty = tmp_path / "empty.yaml"
-    empty.write_text("")
+    empty.write_text("{}\n")
     with pytest.raises(Exit) as exc:
         deployment(Context(), url=dead_url(), report_dir=str(blocker / "reports"), config=str(empty))
     assert exc.value.code == 1

@@ -8,7 +8,7 @@ import pytest
 from tasks.settings import ConfigError, PROJECT_ROOT, as_rows, backend_store_uri, load_settings, postgres_uri
 
 
-def load(tmp_path, yaml_text="", environ=None, **flags):
+def load(tmp_path, yaml_text="{}", environ=None, **flags):
     user = tmp_path / "user.yaml"
     user.write_text(yaml_text)
     return load_settings(config_file=str(user), overrides=flags, environ=environ or {})
@@ -42,13 +42,14 @@ def test_backend_layer_is_chosen_by_the_winning_backend(tmp_path):
 @pytest.mark.parametrize("yaml_text, environ, flags, expected", [
     ("server: {prot: 3}", {}, {}, "unknown setting 'server.prot' (did you mean 'server.port'?)"),
     ("servr: {}", {}, {}, "unknown setting 'servr' (did you mean 'server'?)"),
-    ("", {"MLFLOW_OPS_SERVR__PORT": "1"}, {}, "env MLFLOW_OPS_SERVR__PORT: unknown setting 'servr'"),
+    ("{}", {"MLFLOW_OPS_SERVR__PORT": "1"}, {}, "env MLFLOW_OPS_SERVR__PORT: unknown setting 'servr'"),
     ("server: {port: 70000}", {}, {}, "server.port = 70000: Input should be less than or equal to 65535"),
     ("server: {port: 0}", {}, {}, "server.port = 0"),
     ("server: {workers: many}", {}, {}, "server.workers = 'many'"),
-    ("", {}, {"backend": "mysql"}, "flag --backend: backend = 'mysql' is not one of 'sqlite' or 'postgres'"),
-    ("", {}, {"backend": "postgress"}, "(did you mean 'postgres'?)"),
+    ("{}", {}, {"backend": "mysql"}, "flag --backend: backend = 'mysql' is not one of 'sqlite' or 'postgres'"),
+    ("{}", {}, {"backend": "postgress"}, "(did you mean 'postgres'?)"),
     ("a: [\n", {}, {}, "not valid YAML"),
+    ("", {}, {}, "config file is empty"),
     ("!!python/object:os.system {}", {}, {}, "only plain YAML is loaded"),
     ("- a\n- b\n", {}, {}, "expected a mapping of settings"),
     ("sqlite: {path: ':memory:'}", {}, {}, "in-memory database loses every run"),
@@ -68,8 +69,10 @@ def test_error_names_the_file_that_supplied_the_value(tmp_path):
         load(tmp_path, "server: {port: 99999}")
 
 
-def test_empty_user_file_is_fine_and_missing_explicit_file_is_not(tmp_path):
-    assert load(tmp_path, "").settings.backend == "sqlite"
+def test_empty_user_file_and_missing_explicit_file_are_refused(tmp_path):
+    assert load(tmp_path, "{}").settings.backend == "sqlite"
+    with pytest.raises(ConfigError, match="user.yaml: config file is empty"):
+        load(tmp_path, "# only a comment\n")
     with pytest.raises(ConfigError, match="config file not found"):
         load_settings(config_file=str(tmp_path / "nope.yaml"), environ={})
 

@@ -63,6 +63,9 @@ def start_server(settings: Settings) -> StartResult:
                             f"at {settings.sqlite_file}")
             settings = settings.model_copy(update={"backend": "sqlite"})
             backend = "sqlite"
+        elif problem and "authentication failed" in problem:
+            raise UserError(f"PostgreSQL refused the login ({problem}); set MLFLOW_OPS_POSTGRES__PASSWORD "
+                            "to the database's password, or `inv db.reset --yes --wipe` to start over")
         elif problem:
             raise UserError(f"PostgreSQL is not usable ({problem}); run `inv db.start` first")
     if backend == "sqlite":
@@ -162,15 +165,20 @@ def allowed_hosts(settings: Settings) -> str:
 
 def prepare_sqlite(path: Path, *, wal: bool) -> None:
     """Create the file's folder and switch it to WAL once (the mode persists in the file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-    if not wal:
-        return
-    with sqlite3.connect(path) as conn:
-        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-            conn.execute("PRAGMA journal_mode=WAL")
-    conn.close()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        if not wal:
+            return
+        conn = sqlite3.connect(path)
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+        finally:
+            conn.close()
+    except (OSError, sqlite3.Error) as exc:
+        raise UserError(f"cannot use SQLite file {path} ({exc}); fix sqlite.path or move the file away") from None
 
 
 def wait_ready(url: str, *, proc_alive, timeout: float, headers: dict[str, str] | None = None) -> None:

@@ -11,7 +11,7 @@ import psycopg2
 from psycopg2 import sql
 
 from tasks.cli import UserError
-from tasks.settings import Settings, postgres_password, postgres_uri
+from tasks.settings import ConfigError, Settings, known_secrets, postgres_password, postgres_uri
 
 
 class Provider(Protocol):
@@ -65,9 +65,9 @@ def check_reachable(settings: Settings, *, password: str | None = None, dbname: 
     """None when `SELECT 1` works as the configured user on the database, else why not."""
     try:
         conn = connect(settings, password=password, dbname=dbname)
-    except psycopg2.OperationalError as exc:
+    except psycopg2.Error as exc:
         return describe_error(exc, settings)
-    except Exception as exc:  # e.g. ConfigError: no password yet
+    except ConfigError as exc:  # no password yet
         return str(exc)
     try:
         with conn.cursor() as cur:
@@ -135,7 +135,10 @@ def describe_error(exc: Exception, settings: Settings) -> str:
     if "timeout expired" in text:
         return f"no answer from {where} (timeout)"
     lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1].removeprefix("FATAL:").strip() if lines else text
+    reason = lines[-1].removeprefix("FATAL:").strip() if lines else type(exc).__name__
+    for secret in known_secrets(settings):  # libpq repeats a malformed DSN, password and all
+        reason = reason.replace(secret, "***")
+    return reason
 
 
 class ExternalPostgres:

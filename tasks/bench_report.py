@@ -76,7 +76,7 @@ def terminal_report(doc: dict) -> str:
         f"{doc['meta']['spec']['repetitions']} repetitions, {doc['meta']['duration_s']} s; "
         f"MLflow {env['mlflow']}, SQLAlchemy {env['sqlalchemy']}, PostgreSQL {env.get('postgres')}, "
         f"SQLite {env['sqlite']}, {env['cpu_count']} CPUs",
-        "stock = `mlflow server` as documented, forced to h11 (--uvicorn-opts '--http h11'), job execution on",
+        "stock = `mlflow server` as documented, h11 + asyncio loop (--uvicorn-opts '--http h11 --loop asyncio', what a plain `pip install mlflow` runs), job execution on",
         "",
         tabulate(timing_rows(doc), headers=TIMING_HEADERS, disable_numparse=True),
         "",

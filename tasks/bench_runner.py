@@ -3,9 +3,10 @@
 Set-ups:
   tuned  what `inv server.start` runs (tasks.mlflow_server.start_server, our config).
   stock  `mlflow server --backend-store-uri URI --host 127.0.0.1 --port P` as MLflow's docs
-         show it, started from this environment with `--uvicorn-opts "--http h11"` so that
-         the httptools we install does not make it faster than a plain `pip install mlflow`,
-         and job execution left on (MLflow's default). The store URI reaches it through
+         show it, started from this environment with `--uvicorn-opts "--http h11 --loop
+         asyncio"`: the protocol and event loop a plain `pip install mlflow` gets (no httptools,
+         no uvloop; forcing h11 alone keeps uvloop, which hides h11's keep-alive stall), and
+         job execution left on (MLflow's default). The store URI reaches it through
          MLFLOW_BACKEND_STORE_URI, the env twin of --backend-store-uri, so that no password
          lands in argv; no other MLFLOW_* variable is passed on.
 
@@ -42,7 +43,7 @@ from tasks.workload import OPS, ROWS_PER_CALL, ClientPool, WorkloadSpec, load_sp
 
 BACKENDS = ("sqlite", "postgres")
 SETUPS = ("tuned", "stock")
-STOCK_UVICORN_OPTS = "--http h11"
+STOCK_UVICORN_OPTS = "--http h11 --loop asyncio"
 
 
 @dataclass
@@ -66,9 +67,7 @@ class Target:
 
 def default_settings(state_dir: Path) -> Settings:
     """The project's defaults, isolated from the user's env and config/local.yaml."""
-    empty = state_dir / "empty.yaml"
-    empty.write_text("")
-    return load_settings(config_file=str(empty), environ={}).settings
+    return load_settings(environ={}, local_file=False).settings
 
 
 def run_bench(*, backends=BACKENDS, preset: str = "quick", spec: WorkloadSpec | None = None,
@@ -137,15 +136,9 @@ def _derive(base: Settings, state: Path, backend: str, password: str, *, databas
     pg.provider, pg.uri, pg.password, pg.database = "local", None, SecretStr(password), database
     pg.port = pg_port or free_port()
     if backend == "postgres":  # what the postgres backend layer adds (pool sizes), as server.start would
-        layer = load_settings(config_file=str(_empty(state)), environ={}, overrides={"backend": "postgres"})
+        layer = load_settings(environ={}, local_file=False, overrides={"backend": "postgres"})
         s.server.env = {**layer.settings.server.env, **base.server.env}
     return s
-
-
-def _empty(state: Path) -> Path:
-    path = state / "empty.yaml"
-    path.write_text("")
-    return path
 
 
 def _start(t: Target) -> None:
@@ -226,8 +219,8 @@ def _describe_setup(t: Target) -> dict:
         how = "what `inv server.start` runs"
     else:
         cmd, env = stock_command(s), {}
-        how = ("`mlflow server` as MLflow's docs show it; forced to h11 (--uvicorn-opts '--http h11') "
-               "because this environment has httptools; job execution left on; store URI via "
+        how = ("`mlflow server` as MLflow's docs show it; run with h11 and asyncio's loop "
+               "(--uvicorn-opts '--http h11 --loop asyncio'), as a plain `pip install mlflow` runs it; job execution left on; store URI via "
                "MLFLOW_BACKEND_STORE_URI (the env form of --backend-store-uri)")
     cmd = ["python" if c == sys.executable else c for c in cmd]
     return {"backend": t.backend, "setup": t.setup, "how": how, "command": " ".join(cmd),

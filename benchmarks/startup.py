@@ -26,7 +26,8 @@ from tabulate import tabulate  # noqa: E402
 from tasks import postgres  # noqa: E402
 from tasks.mlflow_server import health, server_command, start_server, stop_server  # noqa: E402
 from tasks.processes import free_port, start_group, stop_group, wait_until  # noqa: E402
-from tasks.settings import backend_store_uri, load_settings  # noqa: E402
+from tasks.credentials import backend_store_uri  # noqa: E402
+from tasks.settings import load_settings  # noqa: E402
 
 
 def settings_for(state: Path, backend: str, pg_port: int, password: str):

@@ -38,7 +38,8 @@ from tasks.bench_stats import cell_stats, compare_cells, evaluate_targets, mlflo
 from tasks.cli import UserError
 from tasks.mlflow_server import server_command, start_server, stop_server, wait_ready
 from tasks.processes import free_port, start_group, stop_group, tail
-from tasks.settings import Settings, backend_store_uri, known_secrets, load_settings, mask_uri
+from tasks.credentials import backend_store_uri, known_secrets, mask_uri
+from tasks.settings import Settings, load_settings
 from tasks.workload import OPS, ROWS_PER_CALL, ClientPool, WorkloadSpec, load_spec, prepare_experiments, run_workload
 
 BACKENDS = ("sqlite", "postgres")

@@ -11,7 +11,7 @@ from tabulate import tabulate
 from tasks import postgres
 from tasks.cli import CONFIG_HELP, PROFILE_HELP, UserError, settings_from, user_errors
 from tasks.mlflow_server import is_loopback, running_record
-from tasks.settings import postgres_uri
+from tasks.credentials import postgres_uri
 
 COMMON = {"profile": PROFILE_HELP, "config": CONFIG_HELP,
           "provider": "auto, docker, local or external (default from config)"}

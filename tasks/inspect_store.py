@@ -5,7 +5,7 @@ from __future__ import annotations
 from invoke import task
 
 from tasks.cli import CONFIG_HELP, PROFILE_HELP, UserError, settings_from, user_errors
-from tasks.settings import backend_store_uri
+from tasks.credentials import backend_store_uri
 from tasks.store_inspection import DEFAULT_LIMIT, DEFAULT_STALE_HOURS, SECTIONS, inspect_store, section_errors
 from tasks.store_report import FORMATS, render
 

@@ -17,7 +17,8 @@ from tasks.cli import UserError
 from tasks.processes import (ProcessRecord, is_alive, port_holder, port_is_free, record_for,
                              start_group, stop_group, tail, wait_until)
 from tasks.server_auth import auth_server_env, basic_auth_header
-from tasks.settings import Settings, backend_store_uri, known_secrets
+from tasks.credentials import backend_store_uri, known_secrets
+from tasks.settings import Settings
 
 
 @dataclass

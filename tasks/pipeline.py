@@ -25,7 +25,8 @@ from tasks.deployment_checks import run_checks
 from tasks.mlflow_server import start_server, stop_server
 from tasks.processes import free_port
 from tasks.server_auth import client_env
-from tasks.settings import Settings, backend_store_uri, mask_uri
+from tasks.credentials import backend_store_uri, mask_uri
+from tasks.settings import Settings
 from tasks.store_inspection import inspect_store, section_errors
 from tasks.workload import load_spec, run_workload
 

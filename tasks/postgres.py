@@ -11,7 +11,8 @@ import psycopg2
 from psycopg2 import sql
 
 from tasks.cli import UserError
-from tasks.settings import ConfigError, Settings, known_secrets, postgres_password, postgres_uri
+from tasks.credentials import known_secrets, postgres_password, postgres_uri
+from tasks.settings import ConfigError, Settings
 
 
 class Provider(Protocol):

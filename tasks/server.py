@@ -7,7 +7,7 @@ from tabulate import tabulate
 from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 from tasks.mlflow_server import ServerPaths, server_status, start_server, stop_server
 from tasks.processes import tail
-from tasks.settings import known_secrets
+from tasks.credentials import known_secrets
 
 COMMON = {"profile": PROFILE_HELP, "config": CONFIG_HELP}
 START_HELP = {**COMMON, "backend": "sqlite or postgres", "port": "port to listen on (default 3111)",

@@ -10,7 +10,8 @@ from __future__ import annotations
 import base64
 import os
 
-from tasks.settings import Settings, stored_secret
+from tasks.credentials import stored_secret
+from tasks.settings import Settings
 
 INI = """[mlflow]
 default_permission = {permission}

@@ -10,11 +10,9 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, unquote
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -203,87 +201,6 @@ def load_settings(
     except ValidationError as exc:
         raise ConfigError(_explain(exc, sources)) from None
     return Loaded(settings=settings, sources=sources, layers=layers)
-
-
-def backend_store_uri(settings: Settings, *, reveal: bool = False) -> str:
-    """The SQLAlchemy URI the server stores runs in; the password masked unless reveal."""
-    if settings.backend == "sqlite":
-        return f"sqlite:///{settings.sqlite_file}"
-    return postgres_uri(settings, reveal=reveal)
-
-
-def postgres_password(settings: Settings, *, generate: bool = False) -> str:
-    """The database password: from config/env, else the one generated into the state dir.
-
-    generate=True creates it (mode 0600) when missing; otherwise a missing one is an error.
-    """
-    if settings.postgres.password is not None:
-        return settings.postgres.password.get_secret_value()
-    password = stored_secret(settings, "postgres_password", generate=generate)
-    if password is None:
-        raise ConfigError("no PostgreSQL password: set MLFLOW_OPS_POSTGRES__PASSWORD or run `inv db.start` "
-                          f"to generate {settings.state_path / 'secrets' / 'postgres_password'}")
-    return password
-
-
-def stored_secret(settings: Settings, name: str, *, generate: bool) -> str | None:
-    """A secret kept in <state_dir>/secrets/<name> (mode 0600), generated on first use if asked."""
-    path = settings.state_path / "secrets" / name
-    if path.is_file():
-        return path.read_text().strip()
-    if not generate:
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    value = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(value + "\n")
-    return value
-
-
-def postgres_uri(settings: Settings, *, reveal: bool = False, password: str | None = None) -> str:
-    """postgresql+psycopg2:// URI for the configured database (psycopg2, not psycopg 3)."""
-    pg = settings.postgres
-    if pg.provider == "external":
-        if pg.uri is None:
-            raise ConfigError("postgres.provider is 'external' but postgres.uri is not set")
-        uri = pg.uri.get_secret_value()
-        if uri.startswith("postgresql://") or uri.startswith("postgres://"):
-            uri = "postgresql+psycopg2://" + uri.split("://", 1)[1]
-        return uri if reveal else mask_uri(uri)
-    if not reveal:
-        shown = "***"
-    else:
-        shown = quote(password if password is not None else postgres_password(settings), safe="")
-    return f"postgresql+psycopg2://{quote(pg.user, safe='')}:{shown}@{pg.host}:{pg.port}/{pg.database}"
-
-
-def known_secrets(settings: Settings) -> tuple[str, ...]:
-    """Every secret the settings lead to, raw and URL-quoted, for masking logs and output."""
-    found = []
-    pg = settings.postgres
-    if pg.uri is not None:
-        creds = pg.uri.get_secret_value().partition("://")[2].rpartition("@")[0]
-        if ":" in creds:
-            found.append(creds.split(":", 1)[1])
-    try:
-        found.append(postgres_password(settings))
-    except ConfigError:
-        pass
-    if settings.server.auth.admin_password is not None:
-        found.append(settings.server.auth.admin_password.get_secret_value())
-    found += [stored_secret(settings, name, generate=False) for name in ("admin_password", "flask_secret_key")]
-    return tuple({form for secret in found if secret for form in (secret, quote(secret, safe=""), unquote(secret))})
-
-
-def mask_uri(uri: str) -> str:
-    """Replace the password in scheme://user:password@host with ***."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep or "@" not in rest:
-        return uri
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else uri
 
 
 def as_rows(loaded: Loaded) -> list[tuple[str, str, str]]:

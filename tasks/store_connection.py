@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from tasks.cli import UserError
-from tasks.settings import mask_uri
+from tasks.credentials import mask_uri
 
 # Tables every MLflow tracking store has; missing ones mean "not an MLflow store".
 MLFLOW_CORE_TABLES = ("alembic_version", "experiments", "runs")

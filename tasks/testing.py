@@ -15,7 +15,8 @@ from tasks.check_reports import format_table, write_reports
 from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from
 from tasks.deployment_checks import DEFAULT_BROWSER, run_checks
 from tasks.server_auth import client_env
-from tasks.settings import ConfigError, backend_store_uri
+from tasks.credentials import backend_store_uri
+from tasks.settings import ConfigError
 
 DEPLOYMENT_HELP = {
     "url": "server to check (default: the configured server, settings server.url)",

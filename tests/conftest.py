@@ -16,7 +16,8 @@ import pytest
 from tasks import postgres
 from tasks.mlflow_server import start_server, stop_server
 from tasks.processes import free_port
-from tasks.settings import Settings, backend_store_uri, load_settings
+from tasks.credentials import backend_store_uri
+from tasks.settings import Settings, load_settings
 
 # A password with every character that breaks naive URI building.
 PG_PASSWORD = "p@ss:w#rd%/?&="

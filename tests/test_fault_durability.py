@@ -17,7 +17,8 @@ from mlflow.tracking import MlflowClient
 from tasks import postgres
 from tasks.mlflow_server import ServerPaths, health, start_server, stop_server, store_answers
 from tasks.processes import ProcessRecord, group_members, wait_until
-from tasks.settings import backend_store_uri, load_settings
+from tasks.credentials import backend_store_uri
+from tasks.settings import load_settings
 from tasks.store_inspection import inspect_store
 from tests._fault_helpers import Clients, gone, hermetic_env, inv, inv_popen, lost_acknowledged
 from tests.conftest import make_settings

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from tasks.settings import ConfigError, PROJECT_ROOT, as_rows, backend_store_uri, load_settings, postgres_uri
+from tasks.credentials import backend_store_uri, postgres_uri
+from tasks.settings import ConfigError, PROJECT_ROOT, as_rows, load_settings
 
 
 def load(tmp_path, yaml_text="{}", environ=None, **flags):

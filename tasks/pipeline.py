@@ -28,7 +28,7 @@ from tasks.server_auth import client_env
 from tasks.credentials import backend_store_uri, mask_uri
 from tasks.settings import Settings
 from tasks.store_inspection import inspect_store, section_errors
-from tasks.workload import load_spec, run_workload
+from tasks.workload import ClientPool, load_spec, prepare_experiments, run_workload
 
 
 @dataclass
@@ -141,7 +141,11 @@ def _start_server(settings: Settings) -> str:
 
 
 def _workload(report: PipelineReport, backend: str, url: str, spec) -> str:
-    result = run_workload(url, spec, clients=1)
+    with ClientPool(1, request_timeout_s=spec.request_timeout_s) as pool:
+        experiment_id, seed_id = prepare_experiments(url, spec, label="full-check")
+        ids = {"experiment_id": experiment_id, "seed_experiment_id": seed_id}
+        run_workload(url, spec, clients=1, pool=pool, ops=spec.warmup, **ids)  # untimed: cold paths
+        result = run_workload(url, spec, clients=1, pool=pool, **ids)
     report.workload[backend] = result.summary()
     if result.errors:
         raise UserError(f"{result.errors} workload call(s) failed")

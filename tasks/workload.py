@@ -53,9 +53,13 @@ class WorkloadSpec:
     phase_timeout_s: float
     request_timeout_s: float
     raw: dict[str, float]
+    concurrent_ops: dict[str, int] | None = None  # ops for cells of 2+ clients; None: same as ops
 
     def scaled(self, **changes) -> WorkloadSpec:
         return WorkloadSpec(**{**self.__dict__, **changes})
+
+    def ops_for(self, clients: int) -> dict[str, int]:
+        return self.ops if clients == 1 or self.concurrent_ops is None else self.concurrent_ops
 
 
 def load_spec(preset: str = "quick", path: Path | str | None = None) -> WorkloadSpec:
@@ -77,7 +81,8 @@ def load_spec(preset: str = "quick", path: Path | str | None = None) -> Workload
             warmup_clients=int(data.get("warmup_clients", 1)),
             phase_timeout_s=float(data.get("phase_timeout_s", 60)),
             request_timeout_s=float(data.get("request_timeout_s", 60)),
-            raw={k: float(v) for k, v in (data.get("raw") or {}).items()})
+            raw={k: float(v) for k, v in (data.get("raw") or {}).items()},
+            concurrent_ops=_ops(data["concurrent_ops"], f"{preset}.concurrent_ops") if data.get("concurrent_ops") else None)
     except (KeyError, TypeError, ValueError) as exc:
         raise SpecError(f"{path.name}: preset {preset!r} is incomplete or malformed ({exc!r})") from None
     if not spec.clients or min(spec.clients) < 1 or spec.repetitions < 1:
@@ -203,7 +208,7 @@ def run_workload(tracking_uri: str, spec: WorkloadSpec, *, clients: int = 1, poo
     try:
         barrier = pool.barrier(clients)
         jobs = [{"uri": tracking_uri, "experiment_id": experiment_id, "seed_experiment_id": seed_experiment_id,
-                 "ops": ops or spec.ops, "index": i, "barrier": barrier,
+                 "ops": ops or spec.ops_for(clients), "index": i, "barrier": barrier,
                  "phase_timeout_s": spec.phase_timeout_s} for i in range(clients)]
         began = time.monotonic()
         outputs = pool.map_jobs(jobs)

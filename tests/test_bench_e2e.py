@@ -18,7 +18,8 @@ def tiny_spec():
     spec = load_spec("quick")
     ops = {op: 1 for op in OPS}
     ops["log_metric"] = 4
-    return spec.scaled(name="tiny", ops=ops, clients=[1, 8], repetitions=2, seed_runs=5, warmup_clients=2,
+    return spec.scaled(name="tiny", ops=ops, concurrent_ops=None, clients=[1, 8], repetitions=2, seed_runs=5,
+                       warmup_clients=2,
                        warmup={op: 1 for op in OPS},
                        raw={"single_rows": 50, "batch_rows": 100, "batches": 3, "max_seconds": 1})
 

@@ -149,3 +149,10 @@ def test_spec_refuses_unknown_operations(tmp_path):
                     "    ops: {log_metrics: 3}\n")
     with pytest.raises(SpecError, match="unknown operation"):
         load_spec("x", path)
+
+
+def test_concurrent_cells_use_concurrent_ops_when_the_preset_has_them():
+    spec = load_spec("quick")
+    assert spec.ops_for(1) == spec.ops
+    assert spec.ops_for(8) == spec.concurrent_ops and spec.concurrent_ops["log_model_sklearn"] == 0
+    assert spec.scaled(concurrent_ops=None).ops_for(8) == spec.ops

@@ -109,3 +109,25 @@ def test_missing_binaries_is_one_clear_error(state_dir, monkeypatch):
 def _wait_gone(pid):
     assert wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
                       timeout=10)
+
+
+def test_postmaster_pid_naming_a_live_foreign_process_is_cleared_and_that_process_spared(state_dir):
+    settings = make_settings(state_dir, backend="postgres")
+    db = postgres.provider_for(settings)
+    foreign = subprocess.Popen(["sleep", "300"])
+    try:
+        db.start()
+        with postgres.connect(settings) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (9)")
+        db.stop()
+        pid_file = state_dir / "postgres" / "data" / "postmaster.pid"
+        pid_file.write_text(f"{foreign.pid}\n{state_dir / 'postgres' / 'data'}\n")  # a reused pid
+        assert "PostgreSQL started" in db.start()
+        assert foreign.poll() is None
+        with postgres.connect(settings) as conn, conn.cursor() as cur:
+            cur.execute("SELECT x FROM kept")
+            assert cur.fetchone() == (9,)
+    finally:
+        db.stop()
+        foreign.terminate()
+        foreign.wait()

@@ -131,7 +131,7 @@ def describe_error(exc: Exception, settings: Settings) -> str:
     pg = settings.postgres
     text = str(exc).strip()
     where = "the external server" if pg.provider == "external" else f"{pg.host}:{pg.port}"
-    if "Connection refused" in text or "could not connect" in text and "timeout" not in text:
+    if "Connection refused" in text or ("could not connect" in text and "timeout" not in text):
         return f"nothing answers at {where}"
     if "timeout expired" in text:
         return f"no answer from {where} (timeout)"

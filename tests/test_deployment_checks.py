@@ -13,7 +13,10 @@ import pytest
 from invoke import Context
 from invoke.exceptions import Exit
 
-from _servers import free_port, start_throwaway_server, stop_throwaway_server
+from tests.conftest import LiveServer, make_settings
+from tasks.credentials import backend_store_uri
+from tasks.mlflow_server import start_server, stop_server
+from tasks.processes import free_port
 from tasks.check_reports import format_table, to_markdown, write_reports
 from tasks.check_results import FAIL, PASS, SKIPPED, CheckFailed, CheckSkipped, Latency
 from tasks.deployment_checks import CLIENT_ENV, Check, describe_error, run_checks
@@ -253,26 +256,21 @@ def test_web_ui_check_is_skipped_without_a_browser():
 
 
 @pytest.fixture
-def server_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("server")
+def healthy_server(state_dir):
+    # One worker and no WAL: overwriting the database file in place must reach the server.
+    settings = make_settings(state_dir, **{"server.workers": 1, "sqlite.wal": False})
+    start_server(settings)
+    yield LiveServer(settings, settings.server.url, backend_store_uri(settings), settings.artifacts_dir)
+    stop_server(settings)
 
 
 @pytest.fixture
-def healthy_server(server_dir):
-    server = start_throwaway_server(server_dir)
-    yield server
-    stop_throwaway_server(server)
-
-
-@pytest.fixture
-def unwritable_artifacts_server(server_dir):
-    # We run as root, so a 0500 directory would not stop the server; a path under a regular
-    # file does: mkdir fails with ENOTDIR for anyone.
-    blocker = server_dir / "plain-file"
-    blocker.write_text("not a directory\n")
-    server = start_throwaway_server(server_dir, artifacts_dir=blocker / "artifacts")
-    yield server
-    stop_throwaway_server(server)
+def unwritable_artifacts_server(healthy_server):
+    # We run as root, so a 0500 directory would not stop the server; a regular file where
+    # the artifact destination should be does: mkdir under it fails with ENOTDIR for anyone.
+    healthy_server.artifacts_dir.rmdir()
+    healthy_server.artifacts_dir.write_text("not a directory\n")
+    return healthy_server
 
 
 @pytest.mark.integration
@@ -325,8 +323,8 @@ def test_database_lost_mid_run_fails_the_checks_after_it(healthy_server, tmp_pat
     def wreck_database_after_metrics(result):
         if result.name == "metrics":
             # In place, so the server's open connections see it too (a new file would not be).
-            size = server.db_path.stat().st_size
-            with open(server.db_path, "r+b") as db:
+            size = server.settings.sqlite_file.stat().st_size
+            with open(server.settings.sqlite_file, "r+b") as db:
                 db.write(os.urandom(size))
 
     report = run_checks(
@@ -338,7 +336,7 @@ def test_database_lost_mid_run_fails_the_checks_after_it(healthy_server, tmp_pat
     for name in ("dataset", "artifact", "model"):
         assert checks[name].status == FAIL
         assert "database failed" in checks[name].reason and "not a database" in checks[name].reason, name
-    assert checks["storage"].status == FAIL and f"{server.db_path}: file is not a database" in checks["storage"].reason
+    assert checks["storage"].status == FAIL and f"{server.settings.sqlite_file}: file is not a database" in checks["storage"].reason
 
 
 @pytest.mark.integration

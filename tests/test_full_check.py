@@ -10,15 +10,13 @@ import pytest
 
 from tasks.processes import wait_until
 from tasks.settings import PROJECT_ROOT
+from tests._fault_helpers import hermetic_env
 
 pytestmark = pytest.mark.integration
 
 
 def full_check(state_dir, *args, extra_env=None, **popen):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_OPS_")}
-    env.update({"MLFLOW_OPS_STATE_DIR": str(state_dir), "MLFLOW_OPS_CONFIG": str(state_dir / "user.yaml")})
-    env.update(extra_env or {})
-    (state_dir / "user.yaml").write_text("{}\n")
+    env = {**hermetic_env(state_dir), **(extra_env or {})}
     return subprocess.Popen([sys.executable, "-m", "invoke", "full-check", "--profile", "ci", *args],
                             cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, start_new_session=True, **popen)

@@ -4,10 +4,11 @@ from invoke import task
 from invoke.exceptions import Exit
 from tabulate import tabulate
 
-from tasks import bench_report
-from tasks.bench_runner import BACKENDS, run_bench
-from tasks.cli import CONFIG_HELP, PROFILE_HELP, UserError, settings_from, user_errors
-from tasks.workload import SpecError, load_spec
+from tasks.libs.bench import report as bench_report
+from tasks.libs.bench.runner import BACKENDS, run_bench
+from tasks.libs.bench.workload import load_spec
+from tasks.libs.core.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
+from tasks.libs.core.errors import UserError
 
 RUN_HELP = {
     "backends": "comma-separated backends to bench (default sqlite,postgres)",
@@ -23,15 +24,15 @@ RUN_HELP = {
 def run(c, backends=None, preset=None, out=None, client_mode=None, profile=None, config=None):
     """Time the logging workload on each backend, tuned vs stock server, and write the report."""
     with user_errors():
-        names = [b.strip() for b in (backends or ",".join(BACKENDS)).split(",") if b.strip()]
-        try:
-            spec = load_spec(preset or "quick")
-        except SpecError as exc:
-            raise UserError(str(exc)) from None
+        names = list(dict.fromkeys(b.strip() for b in (backends or ",".join(BACKENDS)).split(",") if b.strip()))
+        if unknown := [b for b in names if b not in BACKENDS]:
+            raise UserError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+        spec = load_spec(preset or "quick")
         if (client_mode or "process") not in ("process", "thread"):
             raise UserError(f"--client-mode must be process or thread, not {client_mode!r}")
-        base = settings_from(profile, config).settings
-        doc = run_bench(backends=names, spec=spec, base=base, client_mode=client_mode or "process")
+        # Each backend's own layered settings: what `inv server.start --backend B` runs.
+        per_backend = {name: settings_from(profile, config, backend=name).settings for name in names}
+        doc = run_bench(per_backend, spec=spec, client_mode=client_mode or "process")
     folder = bench_report.write_outputs(doc, out)
     print(bench_report.terminal_report(doc))
     print(f"\nresults: {folder}/ ({', '.join(bench_report.FILES)})")

@@ -3,8 +3,8 @@
 from invoke import task
 from tabulate import tabulate
 
-from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from
-from tasks.settings import as_rows
+from tasks.libs.core.cli import CONFIG_HELP, PROFILE_HELP, settings_from
+from tasks.libs.core.settings import as_rows
 
 
 @task(help={"profile": PROFILE_HELP, "config": CONFIG_HELP, "backend": "sqlite or postgres"})

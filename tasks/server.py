@@ -4,33 +4,37 @@ from invoke import task
 from invoke.exceptions import Exit
 from tabulate import tabulate
 
-from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
-from tasks.mlflow_server import ServerPaths, server_status, start_server, stop_server
-from tasks.processes import tail
-from tasks.credentials import known_secrets
+from tasks.libs.core.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
+from tasks.libs.server.lifecycle import (
+    log_tail,
+    server_status,
+    start_server,
+    stop_server,
+)
 
 COMMON = {"profile": PROFILE_HELP, "config": CONFIG_HELP}
 START_HELP = {**COMMON, "backend": "sqlite or postgres", "port": "port to listen on (default 3111)",
               "host": "interface to bind (default 127.0.0.1)", "workers": "uvicorn worker processes"}
 
 
-def _settings(profile, config, **flags):
-    return settings_from(profile, config, **{f"server.{k}" if k != "backend" else k: v for k, v in flags.items()}).settings
+def _settings(profile, config, backend=None, **server_flags):
+    flags = {f"server.{name}": value for name, value in server_flags.items()}
+    return settings_from(profile, config, backend=backend, **flags).settings
 
 
 @task(help=START_HELP)
 def start(c, backend=None, port=None, host=None, workers=None, profile=None, config=None):
     """Start the MLflow server and wait until it serves requests."""
     with user_errors():
-        settings = _settings(profile, config, backend=backend, port=port, host=host, workers=workers)
+        settings = _settings(profile, config, backend, port=port, host=host, workers=workers)
         result = start_server(settings)
     for warning in result.warnings:
         print(warning)
     rec = result.record
     if result.reused:
-        print(f"server already running at {rec.details['url']} ({result.backend}, pid {rec.pid}); reused")
+        print(f"server already running at {rec.url} ({rec.backend}, pid {rec.pid}); reused")
     else:
-        print(f"server ready at {rec.details['url']} ({result.backend}, pid {rec.pid}) in {result.seconds:.1f} s")
+        print(f"server ready at {rec.url} ({rec.backend}, pid {rec.pid}) in {result.seconds:.1f} s")
     if settings.server.auth.enabled:
         print(f"sign-in required: user {settings.server.auth.admin_user}, password in "
               f"{settings.state_path / 'secrets' / 'admin_password'} (or server.auth.admin_password)")
@@ -64,5 +68,4 @@ def status(c, profile=None, config=None):
 def logs(c, lines=50, profile=None, config=None):
     """Print the end of the server's log (secrets masked)."""
     with user_errors():
-        settings = _settings(profile, config)
-    print(tail(ServerPaths.of(settings).log_file, int(lines), secrets=known_secrets(settings)))
+        print(log_tail(_settings(profile, config), int(lines)))

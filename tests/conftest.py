@@ -1,5 +1,9 @@
-"""Shared fixtures: hermetic settings (temp state dir, free ports), a real PostgreSQL, real servers.
+"""Fixtures only (helpers live in tests/support/): hermetic state dirs, a real PostgreSQL, real servers.
 
+The folder says what a test is: tests/unit start no process; tests/integration start real
+PostgreSQL clusters and `mlflow server`s; tests/faults inject faults into them or drive the
+CLI as a user does. The marks `integration` and `faults` follow the folder, so that
+`pytest -m faults` and `pytest -m "not integration"` select the same tests as the folders.
 Nothing here touches a user's server on 3110/3111: every fixture picks free ports and a
 temporary state directory.
 """
@@ -7,43 +11,27 @@ temporary state directory.
 from __future__ import annotations
 
 import shutil
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tasks import postgres
-from tasks.mlflow_server import start_server, stop_server
-from tasks.processes import free_port
-from tasks.credentials import backend_store_uri
-from tasks.settings import Settings, load_settings
+from tasks.libs.core.processes import free_port
+from tasks.libs.postgres.providers import provider_for
+from tests.support.settings import (
+    PG_PASSWORD,
+    live_server,
+    make_settings,
+    make_state_dir,
+)
 
-# A password with every character that breaks naive URI building.
-PG_PASSWORD = "p@ss:w#rd%/?&="
-
-
-def make_state_dir() -> Path:
-    # Not under pytest's tmp_path: that is mode 0700, closed to the OS user Postgres runs as.
-    path = Path(tempfile.mkdtemp(prefix="mlflow-ops-test-", dir="/tmp"))
-    path.chmod(0o755)
-    return path
+FOLDER_MARKS = {"integration": ("integration",), "faults": ("integration", "faults")}
 
 
-def make_settings(state_dir: Path, **overrides) -> Settings:
-    """Settings from the project's YAML, isolated from the user's env and config/local.yaml."""
-    values = {"state_dir": str(state_dir), "server.port": free_port(), "postgres.port": free_port(),
-              "postgres.provider": "local", "server.start_timeout": 180, "postgres.start_timeout": 120}
-    values.update(overrides)
-    return load_settings(overrides=values, environ={}, local_file=False).settings
-
-
-@dataclass
-class LiveServer:
-    settings: Settings
-    url: str
-    store_uri: str          # with the password: for tests only
-    artifacts_dir: Path
+def pytest_collection_modifyitems(items):
+    for item in items:
+        folder = Path(str(item.path)).parent.name
+        for mark in FOLDER_MARKS.get(folder, ()):
+            item.add_marker(mark)
 
 
 @pytest.fixture
@@ -58,26 +46,18 @@ def pg_settings():
     """A real local PostgreSQL for the whole session (its own cluster, port and password)."""
     path = make_state_dir()
     settings = make_settings(path, backend="postgres", **{"postgres.password": PG_PASSWORD})
-    db = postgres.provider_for(settings)
+    db = provider_for(settings)
     db.start()
     yield settings
     db.stop()
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _live_server(settings: Settings):
-    start_server(settings)
-    try:
-        yield LiveServer(settings, settings.server.url, backend_store_uri(settings, reveal=True),
-                         settings.artifacts_dir)
-    finally:
-        stop_server(settings)
-
-
 @pytest.fixture(scope="session")
 def sqlite_server():
     path = make_state_dir()
-    yield from _live_server(make_settings(path, backend="sqlite"))
+    with live_server(make_settings(path, backend="sqlite")) as server:
+        yield server
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -87,5 +67,6 @@ def postgres_server(pg_settings):
     path = make_state_dir()
     settings = pg_settings.model_copy(deep=True, update={"state_dir": str(path)})
     settings.server.port = free_port()
-    yield from _live_server(settings)
+    with live_server(settings) as server:
+        yield server
     shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,221 @@
+"""Bench output: the terminal table, results.json/.csv, report.md, chart.png, and compare.
+
+The results document (what bench_runner.run_bench returns) is the single source: every
+file is rendered from it, and `compare` reads two of them back from results.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from tasks.libs.bench.stats import fmt, ratio
+from tasks.libs.bench.workload import OPS
+from tasks.libs.core.settings import PROJECT_ROOT
+
+RESULTS_ROOT = PROJECT_ROOT / "benchmarks" / "results"
+CSV_FIELDS = ("backend", "setup", "clients", "op", "n", "errors", "p50_ms", "p95_ms", "p99_ms", "mean_ms",
+              "max_ms", "throughput", "rows_per_s")
+FILES = ("results.json", "results.csv", "report.md", "chart.png")
+
+
+def _cells(doc: dict) -> dict[tuple, dict]:
+    return {(c["backend"], c["setup"], c["clients"], c["op"]): c for c in doc["cells"]}
+
+
+def timing_rows(doc: dict) -> list[list[str]]:
+    """One row per (backend, clients, op): tuned and stock side by side, and the speed-up."""
+    cells, rows = _cells(doc), []
+    keys = sorted({(b, c, op) for b, _, c, op in cells}, key=lambda k: (k[0], k[1], OPS.index(k[2])))
+    for backend, clients, op in keys:
+        row = [backend, clients, op]
+        pair = [cells.get((backend, s, clients, op)) for s in ("tuned", "stock")]
+        for cell in pair:
+            row += ([fmt(cell["p50_ms"]), fmt(cell["p95_ms"]), fmt(cell["p99_ms"]), fmt(cell["throughput"]),
+                     cell["errors"]] if cell else ["-"] * 5)
+        row.append(_times(ratio(pair[1]["p50_ms"], pair[0]["p50_ms"])) if all(pair) else "-")
+        rows.append(row)
+    return rows
+
+
+TIMING_HEADERS = ["backend", "clients", "op", "tuned p50 ms", "p95", "p99", "calls/s", "err",
+                  "stock p50 ms", "p95", "p99", "calls/s", "err", "stock/tuned p50"]
+
+
+def target_rows(doc: dict) -> list[list[str]]:
+    return [[t["target"], t["backend"], f">= {t['threshold']}x", _times(t["value"]),
+             "MET" if t["met"] else ("NOT MEASURED" if _times(t["value"]) == "-" else "NOT MET")]
+            for t in doc["targets"]]
+
+
+def _times(value) -> str:
+    text = fmt(value, 2)
+    return text if text == "-" else text + "x"
+
+
+def raw_rows(doc: dict) -> list[list[str]]:
+    return [[r["backend"], r["setup"], r["what"], fmt(r["mlflow_rows_per_s"], 0), r["raw_mode"],
+             fmt(r["raw_rows_per_s"], 0), fmt(100 * r["mlflow_over_raw"] if r["mlflow_over_raw"] else math.nan, 2) + "%"]
+            for r in doc["mlflow_vs_raw"]]
+
+
+def backend_rows(doc: dict) -> list[list[str]]:
+    return [[r["setup"], r["clients"], r["op"], fmt(r["p50_ratio"], 2), fmt(r["throughput_ratio"], 2)]
+            for r in doc["ratios"] if r["comparison"] == "postgres vs sqlite"]
+
+
+def terminal_report(doc: dict) -> str:
+    env = doc["environment"]
+    parts = [
+        f"bench preset {doc['meta']['preset']}: {', '.join(doc['meta']['backends'])} x tuned/stock, "
+        f"{doc['meta']['spec']['repetitions']} repetitions, {doc['meta']['duration_s']} s; "
+        f"MLflow {env['mlflow']}, SQLAlchemy {env['sqlalchemy']}, PostgreSQL {env.get('postgres')}, "
+        f"SQLite {env['sqlite']}, {env['cpu_count']} CPUs",
+        "stock = `mlflow server` as documented, h11 + asyncio loop (--uvicorn-opts '--http h11 --loop asyncio', what a plain `pip install mlflow` runs), job execution on",
+        "",
+        tabulate(timing_rows(doc), headers=TIMING_HEADERS, disable_numparse=True),
+        "",
+        tabulate(target_rows(doc), headers=["target (tuned vs stock)", "backend", "needs", "measured", ""],
+                 disable_numparse=True),
+        "",
+        tabulate(raw_rows(doc), headers=["backend", "set-up", "MLflow", "metric rows/s", "raw mode", "raw rows/s",
+                                         "MLflow/raw"], disable_numparse=True),
+    ]
+    if any(r["comparison"] == "postgres vs sqlite" for r in doc["ratios"]):
+        slow = [r for r in backend_rows(doc) if r[1] == 1]
+        parts += ["", tabulate(slow, headers=["set-up", "clients", "op", "postgres/sqlite p50",
+                                              "postgres/sqlite calls/s"], disable_numparse=True)]
+    if doc["error_examples"]:
+        parts += ["", "errors (first few):"] + [f"  {e}" for e in doc["error_examples"][:5]]
+    return "\n".join(parts)
+
+
+def write_outputs(doc: dict, root: Path | str | None = None) -> Path:
+    """benchmarks/results/<timestamp>/ with results.json, results.csv, report.md, chart.png."""
+    root = Path(root) if root else RESULTS_ROOT
+    stamp = datetime.fromisoformat(doc["meta"]["started_at"]).strftime("%Y%m%d-%H%M%S")
+    out = root / stamp
+    n = 1
+    while out.exists():
+        n += 1
+        out = root / f"{stamp}-{n}"
+    text_json, text_md = json.dumps(_clean(doc), indent=1) + "\n", markdown(doc)  # render before writing
+    out.mkdir(parents=True)
+    (out / "results.json").write_text(text_json)
+    with open(out / "results.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for cell in doc["cells"]:
+            writer.writerow({k: _csv_value(cell.get(k)) for k in CSV_FIELDS})
+    (out / "report.md").write_text(text_md)
+    chart(doc, out / "chart.png")
+    return out
+
+
+def markdown(doc: dict) -> str:
+    meta, env = doc["meta"], doc["environment"]
+    lines = [f"# mlflow-ops bench: preset `{meta['preset']}`", "",
+             f"Started {meta['started_at']}, {meta['duration_s']} s, {meta['spec']['repetitions']} repetitions "
+             f"interleaved, clients {meta['spec']['clients']} (each its own {meta['client_mode']} and run).", "",
+             "## Environment", "", tabulate(sorted(env.items()), headers=["what", "value"], tablefmt="github"), "",
+             "## Set-ups", ""]
+    for s in doc["setups"]:
+        lines.append(f"- **{s['backend']} / {s['setup']}**: {s['how']}  \n  `{s['command']}`"
+                     + (f"  \n  env: `{s['env']}`" if s["env"] else "") + f"  \n  store: `{s['store']}`")
+    lines += ["", "## Targets (tuned vs stock)", "",
+              tabulate(target_rows(doc), headers=["target", "backend", "needs", "measured", "result"], tablefmt="github"),
+              "", "## Timings", "", "Latency in ms over all repetitions; calls/s is the median over repetitions of "
+              "a phase's successful calls / its wall time with all clients running.", "",
+              tabulate(timing_rows(doc), headers=TIMING_HEADERS, tablefmt="github", disable_numparse=True), "",
+              "## MLflow vs raw inserts into the same database", "",
+              tabulate(raw_rows(doc), headers=["backend", "set-up", "MLflow", "metric rows/s", "raw mode",
+                                               "raw rows/s", "MLflow/raw"], tablefmt="github", disable_numparse=True)]
+    if backend_rows(doc):
+        lines += ["", "## PostgreSQL vs SQLite", "", "p50 ratio > 1: PostgreSQL is slower; calls/s ratio > 1: "
+                  "PostgreSQL does more.", "",
+                  tabulate(backend_rows(doc), headers=["set-up", "clients", "op", "postgres/sqlite p50",
+                                                       "postgres/sqlite calls/s"], tablefmt="github",
+                           disable_numparse=True)]
+    if doc["error_examples"]:
+        lines += ["", "## Errors (first few)", ""] + [f"- `{e}`" for e in doc["error_examples"]]
+    return "\n".join(lines) + "\n"
+
+
+def chart(doc: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = _cells(doc)
+    configs = [(s["backend"], s["setup"]) for s in doc["setups"]]
+    ops = [op for op in OPS if any((b, s, 1, op) in cells for b, s in configs)]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [3, 1.3]})
+    width = 0.8 / max(len(configs), 1)
+    for i, (b, s) in enumerate(configs):
+        values = [cells.get((b, s, 1, op), {}).get("p50_ms") or 0 for op in ops]
+        ax1.bar([x + i * width for x in range(len(ops))], values, width, label=f"{b} / {s}")
+    ax1.set_xticks([x + width * (len(configs) - 1) / 2 for x in range(len(ops))], ops, rotation=30, ha="right")
+    ax1.set_yscale("log")
+    ax1.set_ylabel("p50 latency, ms (log scale)")
+    ax1.set_title("one client: p50 per operation")
+    ax1.legend()
+    for b, s in configs:
+        levels = sorted(c for (bb, ss, c, op) in cells if (bb, ss, op) == (b, s, "log_metric"))
+        ax2.plot(levels, [cells[(b, s, c, "log_metric")]["throughput"] for c in levels], marker="o",
+                 linestyle="-" if s == "tuned" else "--", label=f"{b} / {s}")
+    ax2.set_xlabel("concurrent clients")
+    ax2.set_ylabel("log_metric calls/s")
+    ax2.set_title("log_metric throughput")
+    ax2.legend()
+    fig.suptitle(f"mlflow-ops bench ({doc['meta']['preset']}, MLflow {doc['environment']['mlflow']}, "
+                 f"{doc['environment']['cpu_count']} CPUs)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def load_results(folder: Path | str) -> dict:
+    path = Path(folder)
+    path = path / "results.json" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no results.json there; give a folder under benchmarks/results/")
+    return json.loads(path.read_text())
+
+
+def compare(a: dict, b: dict) -> list[list[Any]]:
+    """Cell by cell, B against A: p50 and calls/s in each, and B/A ratios."""
+    ca, cb = _cells(a), _cells(b)
+    rows = []
+    for key in sorted(set(ca) & set(cb), key=lambda k: (k[0], k[1], k[2], OPS.index(k[3]))):
+        x, y = ca[key], cb[key]
+        rows.append([*key, fmt(x["p50_ms"]), fmt(y["p50_ms"]), fmt(ratio(y["p50_ms"], x["p50_ms"]), 2),
+                     fmt(x["throughput"]), fmt(y["throughput"]), fmt(ratio(y["throughput"], x["throughput"]), 2),
+                     f"{x['errors']}/{y['errors']}"])
+    return rows
+
+
+COMPARE_HEADERS = ["backend", "setup", "clients", "op", "A p50 ms", "B p50 ms", "B/A p50", "A calls/s",
+                   "B calls/s", "B/A calls/s", "errors A/B"]
+
+
+def _clean(value: Any) -> Any:
+    """NaN/inf -> None (strict JSON), tuples -> lists."""
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else round(value, 6)
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4f}"
+    return "" if value is None else value

@@ -1,0 +1,354 @@
+"""The logging workload engine shared by `inv bench` and `full-check`.
+
+    spec = load_spec("quick")
+    with ClientPool(max(spec.clients)) as pool:
+        exp, seed = prepare_experiments(url, spec)
+        result = run_workload(url, spec, clients=4, pool=pool, experiment_id=exp, seed_experiment_id=seed)
+    result.summary()   # per op: n, errors, p50/p95/p99 ms, calls/s
+
+Every client is a process of its own (spawned once per ClientPool, so 8 clients on 2
+cores do not queue behind one GIL) with its own MlflowClient and its own run. Clients
+meet at a barrier before each phase (an operation), so a phase's throughput is its calls
+over the wall time from the phase's first start to its last end. MLflow's HTTP retries
+are off (MLFLOW_HTTP_REQUEST_MAX_RETRIES=0): a failed call is counted, never retried.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tasks.libs.bench.stats import summarize
+from tasks.libs.core.errors import UserError
+from tasks.libs.core.settings import PROJECT_ROOT
+
+SPEC_FILE = PROJECT_ROOT / "benchmarks" / "workload.yaml"
+OPS = ("create_run", "log_param", "log_metric", "log_batch_10", "log_batch_100", "log_batch_1000",
+       "get_metric_history", "search_runs", "log_artifact_small", "log_artifact_1mb", "log_model_sklearn")
+# Metrics (rows) one call writes: turns calls/s into metrics/s where that means something.
+ROWS_PER_CALL = {"log_metric": 1, "log_batch_10": 10, "log_batch_100": 100, "log_batch_1000": 1000}
+
+
+class SpecError(UserError):
+    """The workload file is wrong; the message says where."""
+
+
+@dataclass
+class WorkloadSpec:
+    name: str
+    ops: dict[str, int]
+    clients: list[int]
+    repetitions: int
+    seed_runs: int
+    warmup: dict[str, int]
+    warmup_clients: int
+    phase_timeout_s: float
+    request_timeout_s: float
+    raw: dict[str, float]
+    concurrent_ops: dict[str, int] | None = None  # ops for cells of 2+ clients; None: same as ops
+
+    def scaled(self, **changes) -> WorkloadSpec:
+        return WorkloadSpec(**{**self.__dict__, **changes})
+
+    def ops_for(self, clients: int) -> dict[str, int]:
+        return self.ops if clients == 1 or self.concurrent_ops is None else self.concurrent_ops
+
+
+def load_spec(preset: str = "quick", path: Path | str | None = None) -> WorkloadSpec:
+    """The named preset from benchmarks/workload.yaml (or path), validated."""
+    path = Path(path) if path else SPEC_FILE
+    try:
+        presets = (yaml.safe_load(path.read_text()) or {}).get("presets") or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SpecError(f"{path}: cannot read the workload file ({exc})") from None
+    if preset not in presets:
+        raise SpecError(f"unknown preset {preset!r}; {path.name} defines: {', '.join(sorted(presets))}")
+    data = presets[preset]
+    try:
+        ops = _ops(data.get("ops") or {}, f"{preset}.ops")
+        spec = WorkloadSpec(
+            name=preset, ops=ops, clients=[int(c) for c in data["clients"]],
+            repetitions=int(data["repetitions"]), seed_runs=int(data["seed_runs"]),
+            warmup=_ops(data.get("warmup") or {}, f"{preset}.warmup"),
+            warmup_clients=int(data.get("warmup_clients", 1)),
+            phase_timeout_s=float(data.get("phase_timeout_s", 60)),
+            request_timeout_s=float(data.get("request_timeout_s", 60)),
+            raw={k: float(v) for k, v in (data.get("raw") or {}).items()},
+            concurrent_ops=_ops(data["concurrent_ops"], f"{preset}.concurrent_ops") if data.get("concurrent_ops") else None)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SpecError(f"{path.name}: preset {preset!r} is incomplete or malformed ({exc!r})") from None
+    if not spec.clients or min(spec.clients) < 1 or spec.repetitions < 1:
+        raise SpecError(f"{path.name}: preset {preset!r} needs clients >= 1 and repetitions >= 1")
+    return spec
+
+
+def _ops(data: dict, where: str) -> dict[str, int]:
+    unknown = set(data) - set(OPS)
+    if unknown:
+        raise SpecError(f"{where}: unknown operation(s) {', '.join(sorted(unknown))}; known: {', '.join(OPS)}")
+    counts = {op: int(data.get(op, 0)) for op in OPS}
+    if any(n < 0 for n in counts.values()):
+        raise SpecError(f"{where}: counts must be >= 0")
+    return counts
+
+
+@dataclass
+class OpResult:
+    latencies: list[float] = field(default_factory=list)   # seconds, successful calls only
+    errors: int = 0
+    error_examples: list[str] = field(default_factory=list)
+    span: tuple[float, float] | None = None                 # monotonic (first start, last end)
+
+    @property
+    def wall_s(self) -> float:
+        return max(self.span[1] - self.span[0], 1e-9) if self.span else 0.0
+
+    @property
+    def throughput(self) -> float:
+        """Successful calls per second over the phase's wall time (all clients together)."""
+        return len(self.latencies) / self.wall_s if self.span and self.latencies else 0.0
+
+
+@dataclass
+class WorkloadResult:
+    clients: int
+    ops: dict[str, OpResult]
+    wall_s: float
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        return {op: {**summarize(r.latencies), "errors": r.errors, "throughput": r.throughput}
+                for op, r in self.ops.items()}
+
+    @property
+    def errors(self) -> int:
+        return sum(r.errors for r in self.ops.values())
+
+
+class ClientPool:
+    """Client workers reused across runs: `mode="process"` (default) or "thread"."""
+
+    def __init__(self, size: int, *, mode: str = "process", request_timeout_s: float = 60):
+        self.size, self.mode = size, mode
+        env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(request_timeout_s))}
+        self._files = tempfile.mkdtemp(prefix="mlflow-ops-clients-")
+        if mode == "process":
+            ctx = multiprocessing.get_context("spawn")
+            self._manager = ctx.Manager()
+            self._pool = ctx.Pool(size, initializer=_init_worker, initargs=(env, self._files, True))
+        elif mode == "thread":
+            from multiprocessing.pool import ThreadPool
+            os.environ.update(env)  # threads share the process: retries off for it all
+            _init_worker({}, self._files)
+            self._manager, self._pool = None, ThreadPool(size)
+        else:
+            raise ValueError(f"mode must be 'process' or 'thread', not {mode!r}")
+
+    def barrier(self, parties: int):
+        return self._manager.Barrier(parties) if self._manager else threading.Barrier(parties)
+
+    def map_jobs(self, jobs: list[dict]) -> list[dict]:
+        if len(jobs) > self.size:
+            raise ValueError(f"{len(jobs)} clients but the pool has {self.size} workers")
+        pending = [self._pool.apply_async(_client_job, (job,)) for job in jobs]
+        return [p.get() for p in pending]
+
+    def close(self) -> None:
+        self._pool.terminate()
+        self._pool.join()
+        if self._manager:
+            self._manager.shutdown()
+        shutil.rmtree(self._files, ignore_errors=True)
+
+    def __enter__(self) -> ClientPool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def prepare_experiments(tracking_uri: str, spec: WorkloadSpec, *, label: str = "") -> tuple[str, str]:
+    """Create the workload experiment and a seeded one for search_runs; their ids (untimed)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
+
+    client = MlflowClient(tracking_uri)
+    tag = f"{label}-{uuid.uuid4().hex[:8]}" if label else uuid.uuid4().hex[:8]
+    exp_id = client.create_experiment(f"mlflow-ops-bench-{tag}")
+    seed_id = client.create_experiment(f"mlflow-ops-bench-seed-{tag}")
+    now = int(time.time() * 1000)
+    for i in range(spec.seed_runs):
+        run = client.create_run(seed_id, run_name=f"seed-{i}")
+        client.log_batch(run.info.run_id,
+                         metrics=[Metric(k, (i * 37 % 100) / 100 + j, now, 0) for j, k in enumerate(("score", "loss", "acc"))],
+                         params=[Param(k, str(i % 7)) for k in ("alpha", "depth", "model")])
+    return exp_id, seed_id
+
+
+def run_workload(tracking_uri: str, spec: WorkloadSpec, *, clients: int = 1, pool: ClientPool | None = None,
+                 experiment_id: str | None = None, seed_experiment_id: str | None = None,
+                 ops: dict[str, int] | None = None) -> WorkloadResult:
+    """Run spec's ops (or `ops`) with `clients` concurrent clients against a running server.
+
+    Without a pool one is made for this call (slower: it spawns the clients); without
+    experiment ids they are created (and the seed runs logged) first, untimed.
+    """
+    if experiment_id is None or seed_experiment_id is None:
+        experiment_id, seed_experiment_id = prepare_experiments(tracking_uri, spec)
+    own_pool = pool is None
+    pool = pool or ClientPool(clients, request_timeout_s=spec.request_timeout_s)
+    try:
+        barrier = pool.barrier(clients)
+        jobs = [{"uri": tracking_uri, "experiment_id": experiment_id, "seed_experiment_id": seed_experiment_id,
+                 "ops": ops or spec.ops_for(clients), "index": i, "barrier": barrier,
+                 "phase_timeout_s": spec.phase_timeout_s} for i in range(clients)]
+        began = time.monotonic()
+        outputs = pool.map_jobs(jobs)
+        wall = time.monotonic() - began
+    finally:
+        if own_pool:
+            pool.close()
+    merged: dict[str, OpResult] = {}
+    for op in OPS:
+        parts = [out[op] for out in outputs if op in out]
+        if not parts:
+            continue
+        spans = [p["span"] for p in parts if p["span"]]
+        merged[op] = OpResult(latencies=[x for p in parts for x in p["latencies"]],
+                              errors=sum(p["errors"] for p in parts),
+                              error_examples=[e for p in parts for e in p["error_examples"]][:3],
+                              span=(min(s[0] for s in spans), max(s[1] for s in spans)) if spans else None)
+    return WorkloadResult(clients=clients, ops=merged, wall_s=wall)
+
+
+# --- inside a client (a pool worker) -----------------------------------------------------
+
+_FILES: dict[str, str] = {}
+_MODEL: list = []
+
+
+def _init_worker(env: dict[str, str], files_dir: str, quiet: bool = False) -> None:
+    """Import what the workload needs and warm it locally, so the first timed call is not an import."""
+    os.environ.update(env)
+    if quiet:  # a worker process: MLflow's notes and warnings would drown the progress line
+        import logging
+        import sys
+        import warnings
+
+        sys.stdout = open(os.devnull, "w")
+        warnings.filterwarnings("ignore")
+        logging.getLogger("mlflow").setLevel(logging.ERROR)
+    import mlflow  # noqa: F401
+    import mlflow.sklearn  # noqa: F401
+    from sklearn.linear_model import LogisticRegression
+
+    folder = Path(files_dir) / str(os.getpid())
+    folder.mkdir(exist_ok=True)
+    (folder / "small.txt").write_bytes(b"x" * 1024)
+    (folder / "blob_1mb.bin").write_bytes(os.urandom(1024 * 1024))
+    _FILES.update(small=str(folder / "small.txt"), large=str(folder / "blob_1mb.bin"))
+    xs = [[i % 5, (i * 7) % 3, i % 2] for i in range(60)]
+    ys = [int(x[0] + x[1] > 3) for x in xs]
+    _MODEL[:] = [LogisticRegression(max_iter=200).fit(xs, ys)]
+
+
+def _client_job(job: dict) -> dict:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(job["uri"])
+    state: dict[str, Any] = {"run_id": None, "job": job, "client": client}
+    results = {}
+    for op in OPS:
+        count = job["ops"].get(op, 0)
+        if count <= 0:
+            continue
+        try:
+            job["barrier"].wait(timeout=job["phase_timeout_s"] * 2 + 60)
+        except threading.BrokenBarrierError:
+            pass  # another client died or lagged: carry on unsynchronised rather than hang
+        except Exception:  # noqa: BLE001  the manager's proxy raises its own flavour
+            pass
+        results[op] = _phase(op, count, state, job["phase_timeout_s"])
+    if state["run_id"]:
+        try:
+            client.set_terminated(state["run_id"])
+        except Exception:  # noqa: BLE001  untimed clean-up
+            pass
+    return results
+
+
+def _phase(op: str, count: int, state: dict, timeout_s: float) -> dict:
+    call = _CALLS[op]
+    out = {"latencies": [], "errors": 0, "error_examples": [], "span": None}
+    start = time.monotonic()
+    deadline = start + timeout_s
+    for i in range(count):
+        if time.monotonic() > deadline:
+            break
+        t0 = time.perf_counter()
+        try:
+            call(state, i)
+        except Exception as exc:  # noqa: BLE001  counted, not hidden
+            out["errors"] += 1
+            if len(out["error_examples"]) < 3:
+                out["error_examples"].append(f"{op}: {type(exc).__name__}: {str(exc)[:200]}")
+            continue
+        out["latencies"].append(time.perf_counter() - t0)
+    out["span"] = (start, time.monotonic())
+    return out
+
+
+def _create_run(state, i):
+    run = state["client"].create_run(state["job"]["experiment_id"], run_name=f"client-{state['job']['index']}-{i}")
+    state["run_id"] = state["run_id"] or run.info.run_id
+
+
+def _log_batch(size: int):
+    def call(state, i):
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"b{size}_{k % 20}", float(k), now, i * size + k) for k in range(size)]
+        state["client"].log_batch(_run(state), metrics=metrics)
+    return call
+
+
+def _log_model(state, i):
+    import mlflow
+
+    mlflow.set_tracking_uri(state["job"]["uri"])
+    with mlflow.start_run(run_id=_run(state)):
+        mlflow.sklearn.log_model(_MODEL[0], name=f"model-{i}", pip_requirements=["scikit-learn"])
+
+
+def _run(state) -> str:
+    if not state["run_id"]:
+        raise RuntimeError("no run: create_run failed for this client")
+    return state["run_id"]
+
+
+_CALLS = {
+    "create_run": _create_run,
+    "log_param": lambda s, i: s["client"].log_param(_run(s), f"param_{i}", i),
+    "log_metric": lambda s, i: s["client"].log_metric(_run(s), "loss", 1.0 / (i + 1), step=i),
+    "log_batch_10": _log_batch(10),
+    "log_batch_100": _log_batch(100),
+    "log_batch_1000": _log_batch(1000),
+    "get_metric_history": lambda s, i: s["client"].get_metric_history(_run(s), "loss"),
+    "search_runs": lambda s, i: s["client"].search_runs(
+        [s["job"]["seed_experiment_id"]], filter_string="metrics.score > 0.3",
+        order_by=["metrics.score DESC"], max_results=100),
+    "log_artifact_small": lambda s, i: s["client"].log_artifact(_run(s), _FILES["small"], artifact_path=f"small/{i}"),
+    "log_artifact_1mb": lambda s, i: s["client"].log_artifact(_run(s), _FILES["large"], artifact_path=f"large/{i}"),
+    "log_model_sklearn": _log_model,
+}

@@ -1,0 +1,151 @@
+"""Write a deployment check Report as a terminal table, Markdown, JSON and JUnit XML.
+
+The Report holds masked URIs only (run_checks redacts every reason), so nothing here
+ever sees a password.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import asdict
+from pathlib import Path
+
+from tabulate import tabulate
+
+from tasks.libs.checks.results import BUDGETS, FAIL, SKIPPED, CheckResult, Report
+
+HEADERS = ["#", "check", "result", "time", "latency (budget)", "reason"]
+
+
+def latency_cell(result: CheckResult) -> str:
+    """'logging call 0.02 s (1 s)' per budget kind, with WARNING when the slowest is over."""
+    cells = []
+    for kind, lat in result.slowest().items():
+        warn = " WARNING" if lat.over_budget else ""
+        cells.append(f"{kind} {lat.seconds:.2f} s ({BUDGETS[kind]:g} s){warn}")
+    return "; ".join(cells)
+
+
+def table_rows(report: Report, *, wrap: int | None = None) -> list[list[str]]:
+    rows = []
+    for c in report.checks:
+        reason = c.reason if wrap is None or len(c.reason) <= wrap else c.reason[: wrap - 3] + "..."
+        rows.append([str(c.number), c.name, c.status, f"{c.duration:.2f} s", latency_cell(c), reason])
+    return rows
+
+
+def summary_line(report: Report) -> str:
+    counts = report.counts()
+    verdict = "FAILED" if report.failed else "OK"
+    warn = f", {len(report.warnings)} latency warning(s)" if report.warnings else ""
+    return (
+        f"{verdict}: {counts['PASS']} passed, {counts['FAIL']} failed, {counts['SKIPPED']} skipped{warn} "
+        f"against {report.tracking_uri}"
+    )
+
+
+def format_table(report: Report) -> str:
+    """The terminal view: one row per check, then warnings and the summary."""
+    width = max(40, os.get_terminal_size(1).columns - 90) if os.isatty(1) else 120
+    lines = [tabulate(table_rows(report, wrap=width), headers=HEADERS, tablefmt="simple")]
+    lines += [f"WARNING {w}" for w in report.warnings]
+    lines.append(summary_line(report))
+    return "\n".join(lines)
+
+
+def write_reports(report: Report, report_dir: Path) -> dict[str, Path]:
+    """report.md, report.json and junit.xml in report_dir (the screenshot is already there)."""
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "markdown": report_dir / "report.md",
+        "json": report_dir / "report.json",
+        "junit": report_dir / "junit.xml",
+    }
+    paths["markdown"].write_text(to_markdown(report))
+    paths["json"].write_text(json.dumps(to_dict(report), indent=2) + "\n")
+    ET.ElementTree(to_junit(report)).write(paths["junit"], encoding="utf-8", xml_declaration=True)
+    return paths
+
+
+def to_dict(report: Report) -> dict:
+    data = asdict(report)
+    data["report_dir"] = str(report.report_dir) if report.report_dir else None
+    data["screenshot"] = _screenshot_name(report)
+    data["summary"] = {**report.counts(), "ok": report.ok, "warnings": report.warnings}
+    for check, result in zip(data["checks"], report.checks):
+        for lat, measured in zip(check["latencies"], result.latencies):
+            lat.update(budget=measured.budget, over_budget=measured.over_budget)
+    return data
+
+
+def to_markdown(report: Report) -> str:
+    rows = [[cell.replace("|", "\\|") for cell in row] for row in table_rows(report)]
+    parts = [
+        "# MLflow deployment check",
+        "",
+        f"- Server: `{report.tracking_uri}`",
+        f"- Store: `{report.store}`" if report.store else "- Store: not checked",
+        f"- Experiment: `{report.experiment_name}` (id {report.experiment_id}), run `{report.run_id}`",
+        f"- Registered model: `{report.registered_model}`",
+        f"- Started {report.started_at}, finished {report.finished_at}",
+        "",
+        f"**{summary_line(report)}**",
+        "",
+        tabulate(rows, headers=HEADERS, tablefmt="github"),
+        "",
+    ]
+    if report.warnings:
+        parts += ["## Latency warnings", "", *[f"- {w}" for w in report.warnings], ""]
+    name = _screenshot_name(report)
+    if name:
+        parts += ["## Web UI", "", f"![experiment runs page]({name})", ""]
+    return "\n".join(parts)
+
+
+def to_junit(report: Report) -> ET.Element:
+    counts = report.counts()
+    suites = ET.Element("testsuites")
+    suite = ET.SubElement(
+        suites,
+        "testsuite",
+        name="mlflow-ops deployment checks",
+        tests=str(len(report.checks)),
+        failures=str(counts[FAIL]),
+        errors="0",
+        skipped=str(counts[SKIPPED]),
+        time=f"{sum(c.duration for c in report.checks):.3f}",
+        timestamp=report.started_at,
+    )
+    props = ET.SubElement(suite, "properties")
+    for key, value in (
+        ("tracking_uri", report.tracking_uri),
+        ("experiment", report.experiment_name),
+        ("screenshot", _screenshot_name(report) or ""),
+    ):
+        ET.SubElement(props, "property", name=key, value=value)
+    for c in report.checks:
+        case = ET.SubElement(
+            suite, "testcase", classname="deployment", name=f"{c.number:02d} {c.name}", time=f"{c.duration:.3f}"
+        )
+        if c.status == FAIL:
+            ET.SubElement(case, "failure", message=c.reason, type="CheckFailed").text = c.details.get(
+                "traceback", c.reason
+            )
+        elif c.status == SKIPPED:
+            ET.SubElement(case, "skipped", message=c.reason)
+        out = [c.reason, *[f"{lat.kind}: {lat.label} {lat.seconds:.3f} s" for lat in c.latencies], *c.warnings]
+        ET.SubElement(case, "system-out").text = "\n".join(out)
+    return suites
+
+
+def _screenshot_name(report: Report) -> str | None:
+    shot = report.screenshot
+    if shot is None or not Path(shot).is_file():
+        return None
+    try:
+        return str(Path(shot).relative_to(report.report_dir)) if report.report_dir else str(shot)
+    except ValueError:
+        return str(shot)

@@ -1,0 +1,326 @@
+"""Prove that a running MLflow tracking server works end to end.
+
+run_checks() runs nine checks in order against a server URL: experiment, params, metrics,
+dataset, artifact, model, model registry, web UI and storage. Each ends PASS, FAIL or
+SKIPPED with a one-line reason and its duration; a failure never stops an independent
+later check, and a check whose prerequisite failed is SKIPPED with "needs <check>".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import re
+import secrets as _secrets
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+from urllib.parse import unquote, urlsplit
+
+import requests
+
+from tasks.libs.checks.results import (
+    FAIL,
+    PASS,
+    SKIPPED,
+    CheckFailed,
+    CheckResult,
+    CheckSkipped,
+    Latency,
+    Report,
+)
+from tasks.libs.core.redact import redact
+
+NAME_PREFIX = "mlflow-ops-check"
+DEFAULT_BROWSER = "/usr/bin/chromium"
+
+# For the duration of a run: a dead server fails fast instead of retrying for minutes,
+# printing run URLs to stdout is off, and the model this run just logged may be loaded.
+CLIENT_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
+}
+
+
+@dataclass
+class CheckContext:
+    """What the checks share: the client, the names they create and what earlier checks made."""
+
+    url: str
+    client: Any  # mlflow.MlflowClient
+    work_dir: Path
+    report_dir: Path
+    experiment_name: str
+    run_name: str
+    model_name: str
+    store_uri: str | None = None
+    store_skip_reason: str | None = None
+    artifacts_dir: Path | None = None
+    browser: str | None = DEFAULT_BROWSER
+    experiment_id: str | None = None
+    run_id: str | None = None
+    model_info: Any = None
+    screenshot: Path | None = None
+    latencies: list[Latency] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def timed(self, kind: str, label: str) -> Iterator[None]:
+        """Record how long the enclosed call took against the budget for kind."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.latencies.append(Latency(kind, label, time.perf_counter() - start))
+
+
+@dataclass
+class Check:
+    name: str
+    run: Callable[[CheckContext], str]  # returns the PASS reason; raises CheckFailed/CheckSkipped
+    needs: tuple[str, ...] = ()
+
+
+def all_checks() -> list[Check]:
+    from tasks.libs.checks import storage as storage_check
+    from tasks.libs.checks import tracking as tracking_checks
+    from tasks.libs.checks import ui as ui_check
+
+    return [
+        Check("experiment", tracking_checks.check_experiment),
+        Check("params", tracking_checks.check_params, needs=("experiment",)),
+        Check("metrics", tracking_checks.check_metrics, needs=("experiment",)),
+        Check("dataset", tracking_checks.check_dataset, needs=("experiment",)),
+        Check("artifact", tracking_checks.check_artifact, needs=("experiment",)),
+        Check("model", tracking_checks.check_model, needs=("experiment",)),
+        Check("model registry", tracking_checks.check_registry, needs=("model",)),
+        Check("web UI", ui_check.check_web_ui, needs=("experiment", "params", "metrics")),
+        Check("storage", storage_check.check_storage),
+    ]
+
+
+def run_checks(
+    tracking_uri: str,
+    *,
+    report_dir: Path,
+    store_uri: str | None = None,
+    store_skip_reason: str | None = None,
+    artifacts_dir: Path | None = None,
+    browser: str | None = DEFAULT_BROWSER,
+    cleanup: bool = False,
+    on_result: Callable[[CheckResult], None] | None = None,
+    checks: list[Check] | None = None,
+) -> Report:
+    """Run every check against the server at tracking_uri; never raises for a server's fault.
+
+    store_uri is the server's SQLAlchemy backend URI (password revealed; it is never written
+    out), artifacts_dir its --artifacts-destination on disk. on_result is called after each
+    check, e.g. to print progress. cleanup deletes the experiment and registered model after.
+    """
+    report_dir = Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    url = tracking_uri.rstrip("/")
+    hidden = _secrets_in(url, store_uri)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + _secrets.token_hex(2)
+    report = Report(
+        tracking_uri=redact(url),
+        store=redact(store_uri) if store_uri else None,
+        started_at=_now(),
+        experiment_name=f"{NAME_PREFIX}-{stamp}",
+        registered_model=f"{NAME_PREFIX}-model-{stamp}",
+        report_dir=report_dir,
+    )
+    with client_environment(url), tempfile.TemporaryDirectory(prefix="mlflow-ops-check-") as work:
+        from mlflow import MlflowClient
+
+        ctx = CheckContext(
+            url=url,
+            client=MlflowClient(tracking_uri=url, registry_uri=url),
+            work_dir=Path(work),
+            report_dir=report_dir,
+            experiment_name=report.experiment_name,
+            run_name=f"{NAME_PREFIX}-run-{stamp}",
+            model_name=report.registered_model,
+            store_uri=store_uri,
+            store_skip_reason=store_skip_reason,
+            artifacts_dir=Path(artifacts_dir) if artifacts_dir else None,
+            browser=browser,
+        )
+        steps = list(checks or all_checks())
+        if cleanup:
+            steps.append(Check("cleanup", cleanup_check_objects))
+        passed: set[str] = set()
+        for number, check in enumerate(steps, start=1):
+            if check.name == "cleanup":
+                _finish_run(ctx)  # while its experiment is still there
+            result = _run_one(number, check, ctx, passed, hidden)
+            report.checks.append(result)
+            if result.status == PASS:
+                passed.add(check.name)
+            if on_result:
+                on_result(result)
+        if not cleanup:
+            _finish_run(ctx)
+        report.experiment_id, report.run_id, report.screenshot = ctx.experiment_id, ctx.run_id, ctx.screenshot
+    report.finished_at = _now()
+    return report
+
+
+def _run_one(number: int, check: Check, ctx: CheckContext, passed: set[str], hidden: tuple[str, ...]) -> CheckResult:
+    missing = [need for need in check.needs if need not in passed]
+    if missing:
+        return CheckResult(number, check.name, SKIPPED, "needs " + ", ".join(missing), 0.0)
+    ctx.latencies = []
+    details: dict = {}
+    start = time.perf_counter()
+    try:
+        status, reason = PASS, check.run(ctx)
+    except CheckSkipped as exc:
+        status, reason = SKIPPED, str(exc)
+    except CheckFailed as exc:
+        status, reason = FAIL, str(exc)
+    except Exception as exc:  # the server answered wrongly or not at all: a FAIL, not a crash
+        status, reason = FAIL, describe_error(exc, ctx.url)
+        details["traceback"] = redact(traceback.format_exc(limit=6), hidden)
+    duration = time.perf_counter() - start
+    return CheckResult(number, check.name, status, redact(reason, hidden), duration, list(ctx.latencies), details)
+
+
+def _finish_run(ctx: CheckContext) -> None:
+    """Mark the check run FINISHED if it is still RUNNING; a dead server is already reported."""
+    if ctx.run_id is None:
+        return
+    with contextlib.suppress(Exception):
+        if ctx.client.get_run(ctx.run_id).info.status == "RUNNING":
+            ctx.client.set_terminated(ctx.run_id)
+
+
+def describe_error(exc: BaseException, url: str) -> str:
+    """One line for an exception from the client: what went wrong, without a wall of retries."""
+    text = f"{type(exc).__name__}: {exc}" if not _is_mlflow_error(exc) else str(exc)
+    # SQLAlchemy errors relayed by the server carry the whole statement; the cause is before it.
+    text = re.sub(r"\s*\[SQL:.*", "", text, flags=re.DOTALL)
+    text = re.sub(r"\s*\(Background on this error at:.*", "", text, flags=re.DOTALL)
+    low = text.lower()
+    if "sqlalchemy" in low or re.search(r"\((sqlite3|psycopg2?)[.\w]*\)", text):
+        return f"the server's database failed: {text.split(': ', 1)[-1] if text.startswith(('BAD_REQUEST', 'INTERNAL_ERROR')) else text}"
+    if "connection refused" in low or "failed to establish a new connection" in low:
+        return f"no server answers at {url} (connection refused)"
+    if "read timed out" in low or "timed out" in low:
+        return f"the server at {url} did not answer in time ({text.splitlines()[0][:160]})"
+    if "connection aborted" in low or "remotedisconnected" in low or "connection reset" in low:
+        return f"the server at {url} dropped the connection mid-request"
+    status = re.search(r"too many (\d{3}) error responses", text)
+    if status:
+        endpoint = re.search(r"API request to (\S+) failed", text)
+        path = urlsplit(endpoint.group(1)).path if endpoint else "a request"
+        return f"the server answered HTTP {status.group(1)} to {path}"
+    first = " ".join(text.split())
+    return first if len(first) <= 400 else first[:397] + "..."
+
+
+def _is_mlflow_error(exc: BaseException) -> bool:
+    return type(exc).__module__.startswith("mlflow")
+
+
+def probe_health(url: str, timeout: float = 5.0) -> None:
+    """Raise CheckFailed unless GET /health answers 200 (a fast, clear answer for a dead server)."""
+    try:
+        response = requests.get(f"{url}/health", timeout=timeout)
+    except requests.ConnectionError as exc:
+        raise CheckFailed(describe_error(exc, url)) from None
+    except requests.Timeout:
+        raise CheckFailed(f"the server at {url} did not answer /health within {timeout:g} s") from None
+    if response.status_code != 200:
+        raise CheckFailed(f"{url}/health answered HTTP {response.status_code}: {response.text[:120]!r}")
+
+
+def server_is_up(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/health", timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def upload_failure(what: str, exc: Exception, url: str) -> CheckFailed:
+    """Why an artifact upload failed; a server that still answers /health could not store it."""
+    reason = f"{what} failed: {describe_error(exc, url)}"
+    # A server that cannot write answers 500, or resets the connection before reading a larger body.
+    refused = re.search(r"HTTP 5\d\d to /api/2.0/mlflow-artifacts/", reason) or "dropped the connection" in reason
+    if refused and server_is_up(url):
+        reason += (
+            "; the server is still up, so it could not store the file: check that its artifact destination "
+            "exists and is writable (the server log has the details)"
+        )
+    return CheckFailed(reason)
+
+
+def cleanup_check_objects(ctx: CheckContext) -> str:
+    """Delete what this run created: the registered model (all versions) and the experiment."""
+    from mlflow.exceptions import MlflowException
+
+    if ctx.experiment_id is None:
+        raise CheckSkipped("nothing to clean up: no experiment was created")
+    done = []
+    try:
+        ctx.client.delete_registered_model(ctx.model_name)
+        done.append(f"registered model {ctx.model_name}")
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    ctx.client.delete_experiment(ctx.experiment_id)
+    done.append(f"experiment {ctx.experiment_name} (soft delete; `mlflow gc` purges it)")
+    return "deleted " + " and ".join(done)
+
+
+@contextlib.contextmanager
+def client_environment(url: str) -> Iterator[None]:
+    """Set CLIENT_ENV and the fluent API's tracking/registry URI; restore both afterwards."""
+    import mlflow
+    from mlflow.tracking import _model_registry, _tracking_service
+
+    # set_tracking_uri/set_registry_uri also export MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI.
+    saved_env = {key: os.environ.get(key) for key in [*CLIENT_ENV, "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"]}
+    saved_tracking = _tracking_service.utils._tracking_uri
+    saved_registry = _model_registry.utils._registry_uri
+    # create_model_version logs an INFO line per version while it waits for READY.
+    registry_log = logging.getLogger("mlflow.store.model_registry.abstract_store")
+    saved_level = registry_log.level
+    registry_log.setLevel(logging.WARNING)
+    os.environ.update(CLIENT_ENV)
+    mlflow.set_tracking_uri(url)
+    mlflow.set_registry_uri(url)
+    try:
+        yield
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+        registry_log.setLevel(saved_level)
+        mlflow.set_tracking_uri(saved_tracking)
+        _model_registry.utils._registry_uri = saved_registry
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _secrets_in(*uris: str | None) -> tuple[str, ...]:
+    found = []
+    for uri in uris:
+        if uri and "://" in uri:
+            password = urlsplit(uri).password
+            if password:
+                found += [password, unquote(password)]
+    return tuple(found)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,90 @@
+"""Check 8: a real headless browser opens the experiment's runs page and finds the check run."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from tasks.libs.checks.results import CheckFailed, CheckSkipped, Latency
+from tasks.libs.checks.runner import CheckContext
+
+BROWSER_ARGS = [
+    "--no-sandbox",  # we run as root
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+FIND_TIMEOUT_MS = 30_000  # the first load of the React app takes 2-3 s here; allow for a busy machine
+
+
+def check_web_ui(ctx: CheckContext) -> str:
+    browser_path = usable_browser(ctx.browser)
+    page_url = f"{ctx.url}/#/experiments/{ctx.experiment_id}/runs"
+    ctx.screenshot = ctx.report_dir / "web-ui.png"
+    seconds = open_and_find(page_url, ctx.run_name, browser_path, ctx.screenshot)
+    ctx.latencies.append(Latency("UI page", "experiment runs page until the run shows", seconds))
+    return f"run {ctx.run_name} shown on #/experiments/{ctx.experiment_id}/runs; screenshot {ctx.screenshot.name}"
+
+
+def usable_browser(browser: str | None) -> str:
+    """The browser executable to drive, or CheckSkipped saying why there is none."""
+    if not browser:
+        raise CheckSkipped("browser check turned off (no browser given)")
+    if not (os.path.isfile(browser) and os.access(browser, os.X_OK)):
+        raise CheckSkipped(f"no browser at {browser} (apt-get install chromium)")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        raise CheckSkipped("the playwright Python package is not installed (pip install playwright)") from None
+    return browser
+
+
+def open_and_find(page_url: str, run_name: str, browser_path: str, screenshot: Path) -> float:
+    """Load page_url, wait until run_name is visible, save a screenshot; return the load time.
+
+    A page that never shows the run still gets its screenshot: it is the best clue to why.
+    """
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        try:
+            browser = pw.chromium.launch(executable_path=browser_path, headless=True, args=BROWSER_ARGS)
+        except PlaywrightError as exc:
+            raise CheckFailed(f"browser {browser_path} did not start: {_first_line(exc)}") from None
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            start = time.perf_counter()
+            try:
+                response = page.goto(page_url, wait_until="domcontentloaded", timeout=FIND_TIMEOUT_MS)
+            except PlaywrightError as exc:
+                raise CheckFailed(f"browser could not open {page_url}: {_first_line(exc)}") from None
+            if response is not None and not response.ok:
+                raise CheckFailed(f"{page_url} answered HTTP {response.status}")
+            try:
+                page.get_by_text(run_name, exact=True).first.wait_for(state="visible", timeout=FIND_TIMEOUT_MS)
+            except PlaywrightTimeout:
+                _save(page, screenshot)
+                raise CheckFailed(
+                    f"run {run_name} not shown on the experiment page within {FIND_TIMEOUT_MS // 1000} s "
+                    f"(see {screenshot.name})"
+                ) from None
+            seconds = time.perf_counter() - start
+            _save(page, screenshot)
+            return seconds
+        finally:
+            browser.close()
+
+
+def _save(page, screenshot: Path) -> None:
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(screenshot))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__

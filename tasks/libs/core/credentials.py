@@ -1,0 +1,84 @@
+"""Store URIs and secrets: the database password, secrets generated into the state dir."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from urllib.parse import quote
+
+from sqlalchemy.engine import make_url
+
+from tasks.libs.core.errors import ConfigError
+from tasks.libs.core.redact import mask_uri
+from tasks.libs.core.settings import Settings
+
+
+def backend_store_uri(settings: Settings, *, reveal: bool = False) -> str:
+    """The SQLAlchemy URI the server stores runs in; the password masked unless reveal."""
+    if settings.backend == "sqlite":
+        return f"sqlite:///{settings.sqlite_file}"
+    return postgres_uri(settings, reveal=reveal)
+
+
+def postgres_password(settings: Settings, *, generate: bool = False) -> str:
+    """The database password: from config/env, else the one generated into the state dir.
+
+    generate=True creates it (mode 0600) when missing; otherwise a missing one is an error.
+    """
+    if settings.postgres.password is not None:
+        return settings.postgres.password.get_secret_value()
+    password = stored_secret(settings, "postgres_password", generate=generate)
+    if password is None:
+        raise ConfigError("no PostgreSQL password: set MLFLOW_OPS_POSTGRES__PASSWORD or run `inv db.start` "
+                          f"to generate {settings.state_path / 'secrets' / 'postgres_password'}")
+    return password
+
+
+def stored_secret(settings: Settings, name: str, *, generate: bool) -> str | None:
+    """A secret kept in <state_dir>/secrets/<name> (mode 0600), generated on first use if asked."""
+    path = settings.state_path / "secrets" / name
+    if path.is_file():
+        return path.read_text().strip()
+    if not generate:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    value = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+    return value
+
+
+def postgres_uri(settings: Settings, *, reveal: bool = False) -> str:
+    """postgresql+psycopg2:// URI for the configured database (psycopg2, not psycopg 3)."""
+    pg = settings.postgres
+    if pg.provider == "external":
+        if pg.uri is None:
+            raise ConfigError("postgres.provider is 'external' but postgres.uri is not set")
+        uri = pg.uri.get_secret_value()
+        scheme, sep, rest = uri.partition("://")
+        if scheme in ("postgresql", "postgres"):
+            uri = "postgresql+psycopg2://" + rest
+        return uri if reveal else mask_uri(uri)
+    shown = quote(postgres_password(settings), safe="") if reveal else "***"
+    return f"postgresql+psycopg2://{quote(pg.user, safe='')}:{shown}@{pg.host}:{pg.port}/{pg.database}"
+
+
+def known_secrets(settings: Settings) -> tuple[str, ...]:
+    """Every secret the settings lead to, for redacting logs and output (core.redact.redact)."""
+    found = []
+    pg = settings.postgres
+    if pg.uri is not None:
+        try:
+            found.append(make_url(pg.uri.get_secret_value()).password)
+        except Exception:  # noqa: BLE001  a malformed URI: mask what looks like its password
+            creds = pg.uri.get_secret_value().partition("://")[2].rpartition("@")[0]
+            found.append(creds.partition(":")[2])
+    try:
+        found.append(postgres_password(settings))
+    except ConfigError:
+        pass
+    if settings.server.auth.admin_password is not None:
+        found.append(settings.server.auth.admin_password.get_secret_value())
+    found += [stored_secret(settings, name, generate=False) for name in ("admin_password", "flask_secret_key")]
+    return tuple(secret for secret in dict.fromkeys(found) if secret)

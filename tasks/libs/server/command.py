@@ -1,0 +1,64 @@
+"""The `mlflow server` command line and environment: ours (tuned) and stock MLflow's.
+
+Tuned is what `inv server.start` runs. Stock is `mlflow server` as MLflow's docs show it,
+run the way a plain `pip install mlflow` runs it: uvicorn on h11 and asyncio's loop
+(uvicorn picks httptools and uvloop whenever they are importable, and forcing h11 alone
+keeps uvloop, which hides h11's keep-alive stall), job execution left on (MLflow's default).
+Either way the store URI travels in MLFLOW_BACKEND_STORE_URI (the env twin of
+--backend-store-uri), never in argv, where any user could read its password.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from tasks.libs.core.credentials import backend_store_uri
+from tasks.libs.core.settings import Settings
+from tasks.libs.server.auth import auth_server_env
+
+STOCK_UVICORN_OPTS = "--http h11 --loop asyncio"
+
+
+def server_command(settings: Settings, *, stock: bool = False) -> list[str]:
+    cfg = settings.server
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", cfg.host, "--port", str(cfg.port)]
+    if stock:
+        return cmd + ["--uvicorn-opts", STOCK_UVICORN_OPTS]
+    cmd += ["--workers", str(cfg.workers), "--artifacts-destination", str(settings.artifacts_dir),
+            "--allowed-hosts", allowed_hosts(settings)]
+    if cfg.uvicorn_opts:
+        cmd += ["--uvicorn-opts", cfg.uvicorn_opts]
+    if cfg.auth.enabled:
+        cmd += ["--app-name", "basic-auth"]
+    return cmd
+
+
+def server_env(settings: Settings, *, stock: bool = False) -> dict[str, str]:
+    """The server's environment: ours, plus what the settings add; the store URI travels here."""
+    if stock:  # nothing of ours: no MLFLOW_* variable of the caller's reaches a stock server
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env["MLFLOW_BACKEND_STORE_URI"] = backend_store_uri(settings, reveal=True)
+        return env
+    env = dict(os.environ)
+    env.update(settings.server.env)
+    env["MLFLOW_BACKEND_STORE_URI"] = backend_store_uri(settings, reveal=True)
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "true" if settings.server.job_execution else "false"
+    if settings.server.auth.enabled:
+        env.update(auth_server_env(settings))
+    return env
+
+
+def allowed_hosts(settings: Settings) -> str:
+    """--allowed-hosts: config's list, else the names the bind address answers to (with port)."""
+    cfg = settings.server
+    if cfg.allowed_hosts:
+        return ",".join(cfg.allowed_hosts)
+    names = ["localhost", "127.0.0.1"]
+    if cfg.host not in ("127.0.0.1", "localhost", "0.0.0.0", "::"):
+        names.append(cfg.host)
+    return ",".join(n for name in names for n in (name, f"{name}:{cfg.port}"))
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")

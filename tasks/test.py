@@ -1,0 +1,91 @@
+"""`test` collection: prove a running deployment works, and run the project's own pytest suite."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from invoke import task
+from invoke.exceptions import Exit
+
+from tasks.libs.checks.reports import format_table, write_reports
+from tasks.libs.checks.runner import DEFAULT_BROWSER, run_checks
+from tasks.libs.core.cli import CONFIG_HELP, PROFILE_HELP, settings_from
+from tasks.libs.core.credentials import backend_store_uri
+from tasks.libs.core.errors import ConfigError
+from tasks.libs.server.auth import client_env
+
+DEPLOYMENT_HELP = {
+    "url": "server to check (default: the configured server, settings server.url)",
+    "report_dir": "where report.md/json, junit.xml and the screenshot go (default <state_dir>/reports/checks-<time>)",
+    "cleanup": "delete the check's experiment and registered model afterwards",
+    "browser": f"Chromium executable for the web UI check (default {DEFAULT_BROWSER}); 'none' skips it",
+    "profile": PROFILE_HELP,
+    "config": CONFIG_HELP,
+    "backend": "sqlite or postgres: which configured store the storage check opens",
+}
+PYTEST_HELP = {"args": "extra arguments for pytest, e.g. \"-k registry -x\""}
+
+
+@task(help=DEPLOYMENT_HELP)
+def deployment(c, url=None, report_dir=None, cleanup=False, browser=None, profile=None, config=None, backend=None):
+    """Run the nine deployment checks against a server; exit non-zero if any check fails."""
+    settings = settings_from(profile, config, backend=backend).settings
+    configured_url = settings.server.url
+    target = (url or configured_url).rstrip("/")
+    store_uri, store_skip, artifacts_dir = None, None, None
+    if target == configured_url.rstrip("/"):
+        os.environ.update(client_env(settings))  # sign in when the server runs with basic auth
+        artifacts_dir = settings.artifacts_dir
+        try:
+            store_uri = backend_store_uri(settings, reveal=True)
+        except ConfigError as exc:
+            store_skip = str(exc)
+    else:
+        store_skip = f"{target} is not the configured server ({configured_url}); its store is unknown"
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(report_dir) if report_dir else settings.state_path / "reports" / f"checks-{stamp}"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise Exit(f"error: cannot create report directory {out_dir}: {exc.strerror}", code=1) from None
+    if browser is None:
+        browser = DEFAULT_BROWSER
+    print(f"checking {target}; report in {out_dir}")
+    report = run_checks(
+        target,
+        report_dir=out_dir,
+        store_uri=store_uri,
+        store_skip_reason=store_skip,
+        artifacts_dir=artifacts_dir,
+        browser=None if browser.lower() == "none" else browser,
+        cleanup=cleanup,
+        on_result=lambda r: print(f"  {r.number}. {r.name}: {r.status} ({r.duration:.1f} s)", flush=True),
+    )
+    paths = write_reports(report, out_dir)
+    print(format_table(report))
+    print("report: " + ", ".join(str(p) for p in paths.values()))
+    if report.failed:
+        raise Exit(f"{len(report.failed)} check(s) failed: {', '.join(c.name for c in report.failed)}", code=1)
+
+
+@task(help=PYTEST_HELP)
+def unit(c, args=None):
+    """Run the fast tests (tests/unit): no server, no database, no CLI subprocess."""
+    _pytest(c, ["tests/unit"], args)
+
+
+@task(name="all", help=PYTEST_HELP)
+def all_(c, args=None):
+    """Run the whole pytest suite: unit, integration (real servers) and faults."""
+    _pytest(c, ["tests"], args)
+
+
+def _pytest(c, base: list[str], args: str | None) -> None:
+    command = shlex.join([sys.executable, "-m", "pytest", *base]) + (f" {args}" if args else "")
+    result = c.run(command, warn=True, pty=False)
+    if result.exited != 0:
+        raise Exit(f"pytest exited with {result.exited}", code=result.exited)

@@ -1,0 +1,82 @@
+"""A tiny bench end to end on both backends: real servers (tuned and stock), real PostgreSQL."""
+
+import csv
+import json
+import math
+import shutil
+
+import pytest
+
+from tasks.libs.bench import report as bench_report
+from tasks.libs.bench.runner import run_bench
+from tasks.libs.bench.workload import OPS, load_spec
+
+pytestmark = pytest.mark.integration
+
+
+def tiny_spec():
+    spec = load_spec("quick")
+    ops = {op: 1 for op in OPS}
+    ops["log_metric"] = 4
+    return spec.scaled(name="tiny", ops=ops, concurrent_ops=None, clients=[1, 8], repetitions=2, seed_runs=5,
+                       warmup_clients=2,
+                       warmup={op: 1 for op in OPS},
+                       raw={"single_rows": 50, "batch_rows": 100, "batches": 3, "max_seconds": 1})
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    messages = []
+    doc = run_bench(backends=["sqlite", "postgres"], spec=tiny_spec(), progress=messages.append)
+    out = bench_report.write_outputs(doc, tmp_path_factory.mktemp("results"))
+    yield doc, out, messages
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def test_every_output_file_is_written(bench):
+    doc, out, messages = bench
+    for name in bench_report.FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["meta"]["preset"] == "tiny" and len(saved["cells"]) == len(doc["cells"])
+    with open(out / "results.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == len(doc["cells"])
+    md = (out / "report.md").read_text()
+    for heading in ("## Environment", "## Set-ups", "## Targets", "## Timings", "## MLflow vs raw", "h11"):
+        assert heading in md
+    assert any("rep 2/2" in m for m in messages)
+
+
+def test_every_cell_has_sane_numbers(bench):
+    doc, _, _ = bench
+    cells = {(c["backend"], c["setup"], c["clients"], c["op"]): c for c in doc["cells"]}
+    expected = {(b, s, c, op) for b in ("sqlite", "postgres") for s in ("tuned", "stock") for c in (1, 8) for op in OPS}
+    assert set(cells) == expected
+    for key, cell in cells.items():
+        assert cell["errors"] == 0, (key, doc["error_examples"])
+        assert cell["n"] >= 2, key                      # 2 repetitions (x clients)
+        assert 0 < cell["p50_ms"] <= cell["p95_ms"] <= cell["p99_ms"] <= cell["max_ms"] < 120_000, key
+        assert cell["throughput"] > 0, key
+    assert cells[("sqlite", "tuned", 8, "log_metric")]["n"] == 2 * 8 * 4
+
+
+def test_ratios_targets_raw_and_environment(bench):
+    doc, out, _ = bench
+    assert len(doc["targets"]) == 6
+    assert all(t["value"] > 0 and not math.isnan(t["value"]) for t in doc["targets"])
+    kinds = {r["comparison"] for r in doc["ratios"]}
+    assert kinds == {"tuned vs stock", "postgres vs sqlite"}
+    assert all(len(r["p50_paired"]) == 2 for r in doc["ratios"])
+    assert {(r["backend"], r["store"]) for r in doc["raw"]} == {(b, s) for b in ("sqlite", "postgres")
+                                                                 for s in ("tuned", "stock")}
+    assert all(r["rows_per_s"] > 0 and r["rows"] > 0 for r in doc["raw"])
+    assert all(r["mlflow_over_raw"] > 0 for r in doc["mlflow_vs_raw"])
+    env = doc["environment"]
+    assert env["sqlite_journal_mode_tuned"] == "wal" and env["sqlite_journal_mode_stock"] != "wal"
+    assert env["postgres"][0].isdigit() and env["mlflow"] and env["cpu_count"] >= 1
+    stock = next(s for s in doc["setups"] if s["setup"] == "stock" and s["backend"] == "postgres")
+    assert "--http h11" in stock["command"] and "***" in stock["store"]
+    rows = bench_report.compare(bench_report.load_results(out), bench_report.load_results(out))
+    assert rows and all(r[6] in ("1.00", "-") for r in rows)
+    assert "stock/tuned p50" in bench_report.terminal_report(doc)

@@ -1,0 +1,167 @@
+"""The deployment checks must catch broken deployments, not just bless healthy ones."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tasks.libs.checks.reports import to_markdown
+from tasks.libs.checks.results import (
+    FAIL,
+    PASS,
+    SKIPPED,
+    CheckFailed,
+)
+from tasks.libs.checks.runner import run_checks
+from tasks.libs.core.credentials import backend_store_uri
+from tasks.libs.server.lifecycle import start_server, stop_server
+from tests.support.checks import by_name
+from tests.support.settings import LiveServer, make_settings
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+
+@pytest.fixture
+def healthy_server(state_dir):
+    # One worker and no WAL: overwriting the database file in place must reach the server.
+    settings = make_settings(state_dir, **{"server.workers": 1, "sqlite.wal": False})
+    start_server(settings)
+    yield LiveServer(settings, settings.server.url, backend_store_uri(settings), settings.artifacts_dir)
+    stop_server(settings)
+
+
+@pytest.fixture
+def unwritable_artifacts_server(healthy_server):
+    # We run as root, so a 0500 directory would not stop the server; a regular file where
+    # the artifact destination should be does: mkdir under it fails with ENOTDIR for anyone.
+    healthy_server.artifacts_dir.rmdir()
+    healthy_server.artifacts_dir.write_text("not a directory\n")
+    return healthy_server
+
+
+@pytest.mark.integration
+def test_healthy_server_passes_every_check_and_cleans_up(healthy_server, tmp_path):
+    from mlflow import MlflowClient
+
+    server = healthy_server
+    report = run_checks(
+        server.url, report_dir=tmp_path, store_uri=server.store_uri, artifacts_dir=server.artifacts_dir,
+        browser=CHROMIUM, cleanup=True,
+    )
+    statuses = {c.name: (c.status, c.reason) for c in report.checks}
+    ui_expected = PASS if os.path.isfile(CHROMIUM) else SKIPPED
+    assert statuses.pop("web UI")[0] == ui_expected
+    assert all(status == PASS for status, _ in statuses.values()), statuses
+    assert "integrity ok" in statuses["storage"][1] and "artifact files on disk" in statuses["storage"][1]
+    assert report.experiment_name.startswith("mlflow-ops-check-")
+    if ui_expected == PASS:
+        assert report.screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"![experiment runs page]({report.screenshot.name})" in to_markdown(report)
+    client = MlflowClient(server.url, server.url)
+    assert client.get_experiment(report.experiment_id).lifecycle_stage == "deleted"
+    assert client.search_registered_models(filter_string=f"name = '{report.registered_model}'") == []
+
+
+@pytest.mark.integration
+def test_unwritable_artifact_destination_fails_artifact_and_model(unwritable_artifacts_server, tmp_path):
+    server = unwritable_artifacts_server
+    report = run_checks(
+        server.url, report_dir=tmp_path, store_uri=server.store_uri, artifacts_dir=server.artifacts_dir,
+        browser="/nonexistent/chromium",
+    )
+    checks = by_name(report)
+    for name in ("experiment", "params", "metrics", "dataset"):
+        assert checks[name].status == PASS, (name, checks[name].reason)
+    for name in ("artifact", "model"):
+        assert checks[name].status == FAIL
+        # The server answers 500, or resets the connection before reading a larger upload.
+        assert "HTTP 500" in checks[name].reason or "dropped the connection" in checks[name].reason
+        assert "artifact destination exists and is writable" in checks[name].reason
+    assert checks["model registry"].status == SKIPPED and checks["model registry"].reason == "needs model"
+    assert checks["web UI"].status == SKIPPED and "no browser at /nonexistent/chromium" in checks["web UI"].reason
+    assert not report.ok
+
+
+@pytest.mark.integration
+def test_database_lost_mid_run_fails_the_checks_after_it(healthy_server, tmp_path):
+    server = healthy_server
+
+    def wreck_database_after_metrics(result):
+        if result.name == "metrics":
+            # In place, so the server's open connections see it too (a new file would not be).
+            size = server.settings.sqlite_file.stat().st_size
+            with open(server.settings.sqlite_file, "r+b") as db:
+                db.write(os.urandom(size))
+
+    report = run_checks(
+        server.url, report_dir=tmp_path, store_uri=server.store_uri, artifacts_dir=server.artifacts_dir,
+        browser=None, on_result=wreck_database_after_metrics,
+    )
+    checks = by_name(report)
+    assert [checks[n].status for n in ("experiment", "params", "metrics")] == [PASS] * 3
+    for name in ("dataset", "artifact", "model"):
+        assert checks[name].status == FAIL
+        assert "database failed" in checks[name].reason and "not a database" in checks[name].reason, name
+    assert checks["storage"].status == FAIL and f"{server.settings.sqlite_file}: file is not a database" in checks["storage"].reason
+
+
+@pytest.mark.integration
+def test_healthy_postgres_server_passes_every_check(request, tmp_path):
+    try:
+        server = request.getfixturevalue("postgres_server")
+    except pytest.FixtureLookupError:
+        pytest.skip("no postgres_server fixture in tests/conftest.py")
+    report = run_checks(
+        server.url, report_dir=tmp_path, store_uri=server.store_uri, artifacts_dir=server.artifacts_dir,
+        browser=CHROMIUM, cleanup=True,
+    )
+    statuses = {c.name: (c.status, c.reason) for c in report.checks}
+    assert statuses.pop("web UI")[0] == (PASS if os.path.isfile(CHROMIUM) else SKIPPED)
+    assert all(status == PASS for status, _ in statuses.values()), statuses
+    assert "no orphan rows across" in statuses["storage"][1], statuses["storage"]
+    assert "artifact files on disk" in statuses["storage"][1]
+
+
+@pytest.mark.integration
+def test_postgres_storage_check_finds_orphan_rows(request):
+    import secrets
+
+    import psycopg2
+
+    from tasks.libs.checks.storage import check_postgres
+
+    try:
+        server = request.getfixturevalue("postgres_server")
+    except pytest.FixtureLookupError:
+        pytest.skip("no postgres_server fixture in tests/conftest.py")
+    dsn = "postgresql://" + server.store_uri.split("://", 1)[1]
+    schema = f"check_orphans_{secrets.token_hex(3)}"
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        # The orphan goes in first; NOT VALID lets the foreign key be added over it.
+        cur.execute(
+            f"""
+            CREATE SCHEMA {schema};
+            SET search_path TO {schema};
+            CREATE TABLE alembic_version (version_num text PRIMARY KEY);
+            CREATE TABLE experiments (experiment_id int PRIMARY KEY);
+            CREATE TABLE runs (run_uuid text PRIMARY KEY, experiment_id int);
+            INSERT INTO experiments VALUES (1);
+            INSERT INTO runs VALUES ('r1', 1), ('r2', 99);
+            ALTER TABLE runs ADD CONSTRAINT runs_experiment_fk
+                FOREIGN KEY (experiment_id) REFERENCES experiments NOT VALID;
+            """
+        )
+    try:
+        separator = "&" if "?" in server.store_uri else "?"
+        with pytest.raises(CheckFailed) as failed:
+            check_postgres(f"{server.store_uri}{separator}options=-csearch_path%3D{schema}")
+        assert "runs -> experiments (runs_experiment_fk): 1" in str(failed.value)
+        assert "foreign keys not validated: runs_experiment_fk" in str(failed.value)
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP SCHEMA {schema} CASCADE")
+        conn.close()

@@ -1,4 +1,4 @@
-"""Bad input through the CLI (issue 7): one clear line, a non-zero exit, no traceback, nothing
+"""Bad input through the CLI: one clear line, a non-zero exit, no traceback, nothing
 started. Plus the password with URI characters end to end, running as root, and no Docker engine.
 
 Every command runs as `python -m invoke ...` from the repository root with a hermetic
@@ -27,7 +27,7 @@ from tests.support.settings import make_state_dir
 
 pytestmark = pytest.mark.faults
 
-PASSWORD = "p@ss#%/?:"     # every character the issue names
+PASSWORD = "p@ss#%/?:"     # every character that breaks naive URI building
 WRONG = "wr@ng#%/?:"
 
 

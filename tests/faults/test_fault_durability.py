@@ -1,4 +1,4 @@
-"""Fault injection, issue 7 cases 5-8: the tool or the store dies while clients write.
+"""Fault injection (docs/faults.md cases 5-8): the tool or the store dies while clients write.
 
 Every "acknowledged" metric is one whose log_metric call returned success in a client
 process running with retries off; each must be in the store afterwards.

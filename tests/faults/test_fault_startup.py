@@ -1,4 +1,4 @@
-"""Fault injection, issue 7 cases 1, 2 and 4 where the existing tests stop short.
+"""Fault injection (docs/faults.md cases 1, 2 and 4) where the lifecycle tests stop short.
 
 Case 1 through the CLI (the library-level test is in test_server_lifecycle.py); case 2 with a
 secret in the dying server's log (and timed against the start timeout); case 4 with a real server whose every process ignores SIGTERM

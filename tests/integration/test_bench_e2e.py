@@ -10,8 +10,7 @@ import pytest
 from tasks.libs.bench import report as bench_report
 from tasks.libs.bench.runner import run_bench
 from tasks.libs.bench.workload import OPS, load_spec
-
-pytestmark = pytest.mark.integration
+from tests.support.settings import make_settings, make_state_dir
 
 
 def tiny_spec():
@@ -26,8 +25,9 @@ def tiny_spec():
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
-    messages = []
-    doc = run_bench(backends=["sqlite", "postgres"], spec=tiny_spec(), progress=messages.append)
+    messages: list[str] = []
+    per_backend = {b: make_settings(make_state_dir(), backend=b) for b in ("sqlite", "postgres")}
+    doc = run_bench(per_backend, spec=tiny_spec(), progress=messages.append)
     out = bench_report.write_outputs(doc, tmp_path_factory.mktemp("results"))
     yield doc, out, messages
     shutil.rmtree(out, ignore_errors=True)

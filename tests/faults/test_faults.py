@@ -40,7 +40,7 @@ def test_stop_escalates_to_sigkill_for_a_child_that_ignores_sigterm():
 
 def test_server_never_ready_is_killed_whole_at_the_timeout(state_dir):
     settings = make_settings(state_dir, **{"server.start_timeout": 1})
-    with pytest.raises(UserError, match=r"did not become ready within 1 s \(stopped it\)"):
+    with pytest.raises(UserError, match=r"did not become ready within 1 s \(/health does not answer\); stopped it"):
         start_server(settings)
     # The server and its workers run with the state dir as their working directory.
     assert [p for p in psutil.process_iter() if _cwd(p) == str(state_dir)] == []

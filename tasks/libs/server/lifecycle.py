@@ -104,14 +104,17 @@ def start_server(settings: Settings, *, stock: bool = False) -> StartResult:
     def probe() -> str | None:
         if proc.poll() is not None:
             raise UserError("the server exited during start-up")
-        return None if health(cfg.url) and store_answers(cfg.url, headers=headers) else "no answer yet"
+        if not health(cfg.url):
+            return "/health does not answer"
+        return None if store_answers(cfg.url, headers=headers) else "/health answers, a store call does not"
 
     try:
         wait_ready(probe, timeout=cfg.start_timeout, what="the server")
     except UserError as exc:
+        stopped = "" if proc.poll() is not None else "; stopped it"
         stop_group(record.pgid, grace=cfg.stop_grace)
         paths.pid_file.unlink(missing_ok=True)
-        raise UserError(f"{exc}\n--- last lines of {paths.log_file} ---\n{log_tail(settings, 15)}") from None
+        raise UserError(f"{exc}{stopped}\n--- last lines of {paths.log_file} ---\n{log_tail(settings, 15)}") from None
     return StartResult(record, time.monotonic() - started, False, warnings)
 
 

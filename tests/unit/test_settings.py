@@ -96,3 +96,17 @@ def test_external_uri_gets_the_psycopg2_dialect_and_is_masked(tmp_path):
     assert postgres_uri(s) == "postgresql+psycopg2://u:***@db:5432/m"
 
 
+
+
+def test_store_uri_for_processes_holds_no_password_and_the_env_carries_it(tmp_path):
+    from tasks.libs.core.credentials import store_uri_and_password_env
+
+    local = load(tmp_path, backend="postgres", **{"postgres.password": "p@ss:w#rd%/?&="}).settings
+    uri, env = store_uri_and_password_env(local)
+    assert uri.startswith("postgresql+psycopg2://mlflow_user@127.0.0.1:") and "p%40ss" not in uri
+    assert env == {"PGPASSWORD": "p@ss:w#rd%/?&="}
+    external = load(tmp_path, backend="postgres", **{"postgres.provider": "external",
+                                                       "postgres.uri": "postgresql://u:se%40cret@db:5432/m?sslmode=require"}).settings
+    assert store_uri_and_password_env(external) == ("postgresql+psycopg2://u@db:5432/m?sslmode=require",
+                                                    {"PGPASSWORD": "se@cret"})
+    assert store_uri_and_password_env(load(tmp_path).settings)[1] == {}

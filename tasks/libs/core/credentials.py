@@ -6,7 +6,7 @@ import os
 import secrets
 from urllib.parse import quote
 
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from tasks.libs.core.errors import ConfigError
 from tasks.libs.core.redact import mask_uri
@@ -18,6 +18,22 @@ def backend_store_uri(settings: Settings, *, reveal: bool = False) -> str:
     if settings.backend == "sqlite":
         return f"sqlite:///{settings.sqlite_file}"
     return postgres_uri(settings, reveal=reveal)
+
+
+def store_uri_and_password_env(settings: Settings) -> tuple[str, dict[str, str]]:
+    """The store URI without its password, and the environment that carries the password.
+
+    libpq reads PGPASSWORD, so `mlflow server`, `mlflow db upgrade` and `mlflow gc` connect
+    with a URI that holds no secret: it may stand in argv, unit files and reports (`mlflow gc`
+    takes the store only as --backend-store-uri), and every generated deployment names the
+    store the same way. The environment is the one place the password travels.
+    """
+    if settings.backend == "sqlite":
+        return backend_store_uri(settings), {}
+    url = make_url(postgres_uri(settings, reveal=True))
+    password = url.password
+    without = URL.create(url.drivername, url.username, None, url.host, url.port, url.database, url.query)
+    return without.render_as_string(hide_password=False), ({"PGPASSWORD": str(password)} if password else {})
 
 
 def postgres_password(settings: Settings, *, generate: bool = False) -> str:

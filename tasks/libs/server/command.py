@@ -5,7 +5,8 @@ run the way a plain `pip install mlflow` runs it: uvicorn on h11 and asyncio's l
 (uvicorn picks httptools and uvloop whenever they are importable, and forcing h11 alone
 keeps uvloop, which hides h11's keep-alive stall), job execution left on (MLflow's default).
 Either way the store URI travels in MLFLOW_BACKEND_STORE_URI (the env twin of
---backend-store-uri), never in argv, where any user could read its password.
+--backend-store-uri) without its password, which libpq reads from PGPASSWORD: no secret
+ever stands in argv, where any user could read it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-from tasks.libs.core.credentials import backend_store_uri
+from tasks.libs.core.credentials import store_uri_and_password_env
 from tasks.libs.core.settings import Settings
 from tasks.libs.server.auth import auth_server_env
 
@@ -36,13 +37,14 @@ def server_command(settings: Settings, *, stock: bool = False) -> list[str]:
 
 def server_env(settings: Settings, *, stock: bool = False) -> dict[str, str]:
     """The server's environment: ours, plus what the settings add; the store URI travels here."""
+    store_uri, password_env = store_uri_and_password_env(settings)
     if stock:  # nothing of ours: no MLFLOW_* variable of the caller's reaches a stock server
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-        env["MLFLOW_BACKEND_STORE_URI"] = backend_store_uri(settings, reveal=True)
-        return env
+        return {**env, "MLFLOW_BACKEND_STORE_URI": store_uri, **password_env}
     env = dict(os.environ)
     env.update(settings.server.env)
-    env["MLFLOW_BACKEND_STORE_URI"] = backend_store_uri(settings, reveal=True)
+    env.update(password_env)
+    env["MLFLOW_BACKEND_STORE_URI"] = store_uri
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "true" if settings.server.job_execution else "false"
     if settings.server.auth.enabled:
         env.update(auth_server_env(settings))

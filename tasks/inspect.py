@@ -85,7 +85,7 @@ def schema(c, uri=None, backend=None, format=None, limit=None, profile=None, con
 
 @task(help=COMMON)
 def integrity(c, uri=None, backend=None, format=None, limit=None, profile=None, config=None):
-    """Foreign-key orphans per relationship, and SQLite's integrity_check."""
+    """Orphan rows, unvalidated keys and invalid indexes (PostgreSQL), integrity_check (SQLite)."""
     _show(["integrity"], uri=uri, backend=backend, format=format, limit=limit, profile=profile, config=config)
 
 

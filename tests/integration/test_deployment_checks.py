@@ -130,7 +130,7 @@ def test_postgres_storage_check_finds_orphan_rows(request):
 
     import psycopg2
 
-    from tasks.libs.checks.storage import check_postgres
+    from tasks.libs.checks.storage import check_database
 
     try:
         server = request.getfixturevalue("postgres_server")
@@ -158,7 +158,7 @@ def test_postgres_storage_check_finds_orphan_rows(request):
     try:
         separator = "&" if "?" in server.store_uri else "?"
         with pytest.raises(CheckFailed) as failed:
-            check_postgres(f"{server.store_uri}{separator}options=-csearch_path%3D{schema}")
+            check_database(f"{server.store_uri}{separator}options=-csearch_path%3D{schema}")
         assert "runs -> experiments (runs_experiment_fk): 1" in str(failed.value)
         assert "foreign keys not validated: runs_experiment_fk" in str(failed.value)
     finally:

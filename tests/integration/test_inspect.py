@@ -8,18 +8,23 @@ import uuid
 import pytest
 from invoke import Context
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from tasks import inspect as inspect_tasks
-from tasks.libs.store.inspection import SECTIONS, inspect_store
+from tasks.libs.store.inspection import SECTIONS, inspect_store, integrity
 from tasks.libs.store.reader import open_store
 from tasks.libs.store.report import render
 from tests.support.store import (
     ACCURACY,
+    SCRATCH_CHILD,
+    SCRATCH_FK,
+    SCRATCH_INDEX,
     STALE_AGE_HOURS,
     fill_store,
     inspect_error,
     orphan_artifact_folder,
     orphan_param_row,
+    pg_unvalidated_key_and_invalid_index,
     store_fingerprint,
     with_password,
 )
@@ -121,9 +126,8 @@ def test_inspection_changes_nothing(filled):
 @pytest.mark.integration
 def test_reader_refuses_writes(filled):
     server, _ = filled
-    with open_store(server.store_uri) as store:
-        with pytest.raises(Exception, match="(?i)read.?only"):
-            store.rows("DELETE FROM experiments WHERE experiment_id = -1")
+    with open_store(server.store_uri) as store, pytest.raises(Exception, match="(?i)read.?only"):
+        store.rows("DELETE FROM experiments WHERE experiment_id = -1")
 
 
 @pytest.mark.integration
@@ -151,3 +155,36 @@ def test_wrong_password_is_one_line(postgres_server):
 # --- schema revision and SQLite read-only mechanics (a store made without a server) ---------
 
 
+# --- PostgreSQL: one read-only snapshot; what only the catalog knows ---------------------
+
+
+@pytest.mark.integration
+def test_postgres_reader_is_one_read_only_snapshot_that_survives_a_failed_section(postgres_server):
+    with open_store(postgres_server.store_uri) as store:
+        settings = {name: store.scalar(f"SHOW {name}") for name in
+                    ("transaction_read_only", "transaction_isolation", "application_name", "lock_timeout")}
+        assert settings == {"transaction_read_only": "on", "transaction_isolation": "repeatable read",
+                            "application_name": "mlflow-ops inspect", "lock_timeout": "10s"}
+        started = store.scalar("SELECT now()")  # the transaction's start time
+        with pytest.raises(SQLAlchemyError, match="no_such_table"), store.section():
+            store.rows("SELECT * FROM no_such_table WHERE id = :id", {"id": 1})
+        assert store.scalar("SELECT count(*) FROM experiments") >= 1
+        assert store.scalar("SELECT now()") == started
+
+
+@pytest.mark.integration
+def test_postgres_integrity_lists_unvalidated_keys_and_invalid_indexes(postgres_server):
+    uri = postgres_server.store_uri
+    with open_store(uri) as store:
+        clean = integrity(store)
+    assert clean["unvalidated_foreign_keys"] == [] and clean["invalid_indexes"] == []
+    with pg_unvalidated_key_and_invalid_index(uri), open_store(uri) as store:
+        found = integrity(store)
+    with open_store(uri) as store:
+        assert SCRATCH_CHILD not in store.tables()  # dropped again
+    assert found["unvalidated_foreign_keys"] == [f"{SCRATCH_FK} ({SCRATCH_CHILD})"]
+    assert found["invalid_indexes"] == [f"{SCRATCH_INDEX} ({SCRATCH_CHILD})"]
+    [orphan] = [o for o in found["orphans"] if o["table"] == SCRATCH_CHILD]
+    assert (orphan["name"], orphan["columns"], orphan["rows"], orphan["sample"]) == (SCRATCH_FK, ["parent_id"], 1, [[42]])
+    shown = render({"store": "s", "dialect": "postgresql", "integrity": found})
+    assert f"foreign keys not validated: {SCRATCH_FK}" in shown and f"invalid indexes: {SCRATCH_INDEX}" in shown

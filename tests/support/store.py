@@ -8,8 +8,8 @@ import shutil
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from invoke import Context
@@ -31,7 +31,7 @@ def fill_store(server_url: str, experiment_name: str) -> dict:
     exp_id = client.create_experiment(experiment_name)
     finished = client.create_run(exp_id, run_name="trained")
     run_id = finished.info.run_id
-    for step, (acc, loss) in enumerate(zip(ACCURACY, LOSS)):
+    for step, (acc, loss) in enumerate(zip(ACCURACY, LOSS, strict=True)):
         client.log_metric(run_id, "accuracy", acc, step=step)
         client.log_metric(run_id, "loss", loss, step=step)
     client.log_param(run_id, "alpha", "0.5")
@@ -80,6 +80,34 @@ def orphan_param_row(store_uri: str) -> Iterator[str]:
     finally:
         with conn.cursor() as cur:
             cur.execute("DELETE FROM params WHERE run_uuid = %s", (bogus_run,))
+        conn.close()
+
+
+SCRATCH_PARENT, SCRATCH_CHILD = "mlflow_ops_scratch_parent", "mlflow_ops_scratch_child"
+SCRATCH_FK, SCRATCH_INDEX = "mlflow_ops_scratch_fk", "mlflow_ops_scratch_note"
+
+
+@contextlib.contextmanager
+def pg_unvalidated_key_and_invalid_index(store_uri: str) -> Iterator[None]:
+    """A scratch table pair in the store's schema: an orphan row under a NOT VALID foreign key,
+    and a unique index left INVALID by a CREATE INDEX CONCURRENTLY that failed; dropped afterwards."""
+    import psycopg2
+
+    conn = _pg_connect(make_url(store_uri))
+    conn.autocommit = True  # CREATE INDEX CONCURRENTLY refuses to run in a transaction
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"CREATE TABLE {SCRATCH_PARENT} (id int PRIMARY KEY)")
+            cur.execute(f"CREATE TABLE {SCRATCH_CHILD} (id int PRIMARY KEY, parent_id int, note text)")
+            cur.execute(f"INSERT INTO {SCRATCH_CHILD} VALUES (1, 42, 'twice'), (2, NULL, 'twice')")
+            cur.execute(f"ALTER TABLE {SCRATCH_CHILD} ADD CONSTRAINT {SCRATCH_FK} "
+                        f"FOREIGN KEY (parent_id) REFERENCES {SCRATCH_PARENT} NOT VALID")
+            with pytest.raises(psycopg2.errors.UniqueViolation):
+                cur.execute(f"CREATE UNIQUE INDEX CONCURRENTLY {SCRATCH_INDEX} ON {SCRATCH_CHILD} (note)")
+        yield
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {SCRATCH_CHILD}, {SCRATCH_PARENT}")
         conn.close()
 
 

@@ -23,13 +23,10 @@ from tasks.libs.checks.results import (
     Latency,
 )
 from tasks.libs.checks.runner import CLIENT_ENV, Check, describe_error, run_checks
-from tasks.libs.checks.storage import (
-    check_sqlite_file,
-    local_artifact_path,
-    sqlite_path,
-)
+from tasks.libs.checks.storage import check_database
 from tasks.libs.checks.ui import usable_browser
 from tasks.libs.core.processes import free_port
+from tasks.libs.store.artifacts import local_artifact_path
 from tests.support.checks import by_name, dead_url
 
 CHROMIUM = "/usr/bin/chromium"
@@ -107,7 +104,8 @@ def test_reports_never_contain_a_password(tmp_path):
     url = f"http://alice:s3cret-pw@127.0.0.1:{free_port()}"
     report = run_checks(url, report_dir=tmp_path, store_uri=store, browser=None)
     checks = by_name(report)
-    assert checks["storage"].status == FAIL and "cannot connect" in checks["storage"].reason
+    # The store reader's one message for a dead PostgreSQL (the same as `inv inspect` prints).
+    assert checks["storage"].status == FAIL and "cannot reach PostgreSQL" in checks["storage"].reason
     texts = [format_table(report)] + [p.read_text() for p in write_reports(report, tmp_path).values()]
     for text in texts:
         for secret in ("hunter2", "s3cret-pw"):
@@ -192,6 +190,10 @@ def test_describe_error_strips_sql_and_names_http_status():
 # --- storage check on files we break ourselves ------------------------------------------------
 
 
+def sqlite_uri(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
 def make_store(path: Path, *, orphan: bool = False) -> Path:
     conn = sqlite3.connect(path)
     conn.executescript(
@@ -211,35 +213,38 @@ def make_store(path: Path, *, orphan: bool = False) -> Path:
 
 
 def test_sqlite_storage_check_passes_on_a_sound_store(tmp_path):
-    assert "integrity ok, no orphan rows in 3 tables" in check_sqlite_file(make_store(tmp_path / "ok.db"))
+    assert "integrity ok, no orphan rows in 3 tables" in check_database(sqlite_uri(make_store(tmp_path / "ok.db")))
 
 
 def test_sqlite_storage_check_finds_orphan_rows(tmp_path):
     with pytest.raises(CheckFailed, match=r"foreign key points nowhere: runs -> experiments: 1"):
-        check_sqlite_file(make_store(tmp_path / "orphan.db", orphan=True))
+        check_database(sqlite_uri(make_store(tmp_path / "orphan.db", orphan=True)))
 
 
 def test_sqlite_storage_check_finds_a_corrupt_file(tmp_path):
     path = tmp_path / "garbage.db"
     path.write_bytes(os.urandom(8192))
     with pytest.raises(CheckFailed, match="not a database"):
-        check_sqlite_file(path)
+        check_database(sqlite_uri(path))
 
 
 def test_sqlite_storage_check_finds_a_missing_file_and_a_foreign_database(tmp_path):
     with pytest.raises(CheckFailed, match="does not exist"):
-        check_sqlite_file(tmp_path / "missing.db")
+        check_database(sqlite_uri(tmp_path / "missing.db"))
     other = tmp_path / "other.db"
     sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
     with pytest.raises(CheckFailed, match="not an MLflow store"):
-        check_sqlite_file(other)
+        check_database(sqlite_uri(other))
 
 
 def test_store_and_artifact_paths(tmp_path):
-    assert sqlite_path("sqlite:////abs/dir/mlflow.db") == Path("/abs/dir/mlflow.db")
-    assert sqlite_path("sqlite:////abs/my%20dir/mlflow.db?timeout=5") == Path("/abs/my dir/mlflow.db")
-    with pytest.raises(CheckSkipped):
-        sqlite_path("sqlite://")
+    (tmp_path / "my dir").mkdir()
+    make_store(tmp_path / "my dir" / "mlflow.db")
+    assert "SQLite mlflow.db: integrity ok" in check_database(f"sqlite:///{tmp_path}/my%20dir/mlflow.db?timeout=5")
+    with pytest.raises(CheckSkipped, match="names no database file"):
+        check_database("sqlite://")
+    with pytest.raises(CheckSkipped, match="unsupported backend"):
+        check_database("mysql+pymysql://u:p@127.0.0.1/db")
     assert local_artifact_path("mlflow-artifacts:/1/abc/artifacts", tmp_path) == tmp_path / "1/abc/artifacts"
     assert local_artifact_path("mlflow-artifacts://h:5000/1/abc/artifacts", tmp_path) == tmp_path / "1/abc/artifacts"
     assert local_artifact_path("file:///srv/art/1", None) == Path("/srv/art/1")

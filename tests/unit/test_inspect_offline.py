@@ -13,8 +13,8 @@ from invoke.exceptions import Exit
 
 from tasks import inspect as inspect_tasks
 from tasks.libs.core.processes import free_port
-from tasks.libs.store.inspection import inspect_store, schema_revision
-from tasks.libs.store.reader import open_store
+from tasks.libs.store.inspection import inspect_store, integrity, schema_revision
+from tasks.libs.store.reader import open_store, sqlite_journal_mode
 from tasks.libs.store.report import render
 from tests.support.store import inspect_error
 
@@ -111,3 +111,45 @@ def test_unreadable_section_is_reported_and_the_rest_still_shown(mlflow_sqlite_f
         inspect_tasks.summary(Context(), uri=f"sqlite:///{path}")
     assert exc.value.code == 1 and "registry" in str(exc.value.message)
     assert "== runs ==" in capsys.readouterr().out
+
+
+def test_integrity_follows_keys_that_name_no_parent_columns_and_dropped_parents(tmp_path):
+    path = tmp_path / "keys.db"
+    with sqlite3.connect(path) as conn:  # foreign_keys is off here: the damage goes in unchecked
+        conn.executescript(
+            """
+            CREATE TABLE alembic_version (version_num TEXT PRIMARY KEY);
+            CREATE TABLE experiments (experiment_id INTEGER PRIMARY KEY);
+            CREATE TABLE runs (run_uuid TEXT PRIMARY KEY, experiment_id INTEGER REFERENCES experiments);
+            CREATE TABLE gone (id INTEGER PRIMARY KEY);
+            CREATE TABLE tags (run_uuid TEXT REFERENCES runs, gone_id INTEGER REFERENCES gone);
+            INSERT INTO experiments VALUES (1);
+            INSERT INTO runs VALUES ('r1', 1), ('r2', 7), ('r3', NULL);
+            INSERT INTO tags VALUES ('r1', 5), ('nope', NULL);
+            DROP TABLE gone;
+            """
+        )
+    conn.close()
+    with open_store(f"sqlite:///{path}") as store:
+        found = integrity(store)
+    orphans = {(o["table"], o["parent"]): (o["parent_columns"], o["rows"], o["sample"]) for o in found["orphans"]}
+    assert orphans == {
+        ("runs", "experiments"): (["experiment_id"], 1, [[7]]),  # the parent's primary key, resolved
+        ("tags", "runs"): (["run_uuid"], 1, [["nope"]]),
+        ("tags", "gone"): ([], 1, [[5]]),  # no parent table: every keyed row is an orphan
+    }
+    assert (found["relationships_checked"], found["orphan_rows"], found["integrity_check"]) == (3, 3, "ok")
+    assert found["unvalidated_foreign_keys"] is None and found["invalid_indexes"] is None
+
+
+def test_journal_mode_comes_from_the_file_header(tmp_path):
+    path = tmp_path / "journal.db"
+    assert sqlite_journal_mode(path) == "no file"
+    sqlite3.connect(path).execute("CREATE TABLE t (x)").connection.close()
+    assert sqlite_journal_mode(path) == "rollback"
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+    assert sqlite_journal_mode(path) == "wal"
+    assert [p.name for p in tmp_path.iterdir()] == ["journal.db"]  # reading the mode left no side files
+

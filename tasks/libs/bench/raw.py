@@ -3,7 +3,7 @@
 A scratch table shaped like MLflow's `metrics` (key, value, timestamp, run_uuid, step,
 is_nan) is created in the store the server uses, filled one row per commit and then
 `batch_rows` rows per commit, and dropped. Bounded in rows and seconds. Also here: the
-environment the bench records (versions, journal modes, CPUs).
+environment the bench records (versions, CPUs).
 """
 
 from __future__ import annotations
@@ -89,17 +89,6 @@ def raw_postgres(conn, **limits) -> list[dict]:
         return result
     finally:
         conn.close()
-
-
-def sqlite_journal_mode(path: Path) -> str:
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
-            return conn.execute("PRAGMA journal_mode").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        return f"unknown ({exc})"
 
 
 def postgres_version(conn) -> str:

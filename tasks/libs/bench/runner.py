@@ -49,6 +49,7 @@ from tasks.libs.postgres.connection import connect, recreate_database
 from tasks.libs.postgres.providers import provider_for
 from tasks.libs.server.command import server_command, server_env
 from tasks.libs.server.lifecycle import start_server, stop_server
+from tasks.libs.store.reader import sqlite_journal_mode
 
 BACKENDS = ("sqlite", "postgres")
 SETUPS = ("tuned", "stock")
@@ -192,7 +193,7 @@ def _environment(targets: list[Target], pg_settings: Settings | None) -> dict:
     env["postgres"] = bench_raw.postgres_version(connect(pg_settings)) if pg_settings else "not benched"
     for t in targets:
         if t.backend == "sqlite":
-            env[f"sqlite_journal_mode_{t.setup}"] = bench_raw.sqlite_journal_mode(t.settings.sqlite_file)
+            env[f"sqlite_journal_mode_{t.setup}"] = sqlite_journal_mode(t.settings.sqlite_file)
     return env
 
 

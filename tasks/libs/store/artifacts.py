@@ -19,13 +19,16 @@ from tasks.libs.store.reader import StoreReader
 ENTITY_FOLDERS = {"models": ("logged_models", "model_id"), "traces": ("trace_info", "request_id")}
 
 
-def local_artifact_path(uri: str | None, artifacts_dir: Path) -> Path | None:
-    """Where an artifact URI lives on this disk, or None for a remote store (s3://, ...)."""
+def local_artifact_path(uri: str | None, artifacts_dir: Path | None) -> Path | None:
+    """Where an artifact URI lives on this disk: mlflow-artifacts:/x -> <artifacts_dir>/x, file:///x -> /x.
+
+    None for a remote store (s3://, ...), or for mlflow-artifacts: when no artifacts_dir is known.
+    """
     if not uri:
         return None
     parsed = urlparse(uri)
     if parsed.scheme == "mlflow-artifacts":
-        return artifacts_dir / unquote(parsed.path).lstrip("/")
+        return Path(artifacts_dir) / unquote(parsed.path).lstrip("/") if artifacts_dir else None
     if parsed.scheme == "file":
         return Path(unquote(parsed.path))
     if parsed.scheme == "" and os.path.isabs(uri):

@@ -1,7 +1,7 @@
 """What is inside an MLflow store: one function per section, each returning plain data.
 
-Every function takes a StoreReader (see store_connection.open_store); `inspect_store` opens
-the store read-only and gathers the sections asked for. Artifact sizes live in store_artifacts.
+Every function takes a StoreReader (see reader.open_store); `inspect_store` opens the store
+read-only and gathers the sections asked for. Artifact sizes live in artifacts.py.
 """
 
 from __future__ import annotations
@@ -11,10 +11,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
 from tasks.libs.store.artifacts import artifact_sizes
 from tasks.libs.store.reader import (
+    ForeignKey,
     StoreReader,
     file_size,
+    first_line,
     open_store,
     sqlite_journal_mode,
 )
@@ -43,12 +47,11 @@ def inspect_store(
         report: dict[str, Any] = {"store": store.shown_uri, "dialect": store.dialect}
         for section in sections:
             try:
-                _gather(report, store, section, artifacts_dir, with_schema, stale_hours, limit, now_ms)
-            except store.errors as exc:
+                with store.section():
+                    _gather(report, store, section, artifacts_dir, with_schema, stale_hours, limit, now_ms)
+            except SQLAlchemyError as exc:
                 # e.g. a store from an older MLflow lacks a table or column this section reads
-                store.recover()
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                report[section] = {"error": f"could not read this section: {first}"}
+                report[section] = {"error": f"could not read this section: {first_line(exc)}"}
         return report
 
 
@@ -87,11 +90,12 @@ def table_counts(store: StoreReader, *, with_schema: bool = False) -> list[dict[
         for fk in store.foreign_keys():
             keys_by_table.setdefault(fk.table, []).append(fk)
     creates = store.create_statements() if with_schema else {}
+    columns_by_table = store.columns() if with_schema else {}
     result = []
     for table in tables:
         entry: dict[str, Any] = {"table": table, "rows": store.scalar(f"SELECT count(*) FROM {store.quote(table)}")}
         if with_schema:
-            columns = store.columns(table)
+            columns = columns_by_table.get(table, [])
             entry["columns"] = columns
             entry["primary_key"] = [c["name"] for c in sorted(columns, key=lambda c: c["primary_key"]) if c["primary_key"]]
             entry["foreign_keys"] = [
@@ -144,62 +148,42 @@ def _known_revision(scripts, revision: str) -> bool:
 
 
 def integrity(store: StoreReader, *, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
-    """Foreign-key orphans per relationship; SQLite also runs PRAGMA integrity_check."""
+    """Foreign-key orphans per relationship; SQLite runs PRAGMA integrity_check, PostgreSQL lists
+    foreign keys never validated (added NOT VALID) and invalid indexes."""
     keys = store.foreign_keys()
-    if store.dialect == "sqlite":
-        orphans = _sqlite_orphans(store, keys)
-        check = [r[0] for r in store.rows(f"PRAGMA integrity_check({int(limit)})")]
-    else:
-        orphans = _generated_orphans(store, keys)
-        check = None
+    tables = {t.lower() for t in store.tables()}  # SQLite names are case-insensitive
+    orphans = [entry for fk in keys if (entry := _orphans(store, fk, parent_exists=fk.parent.lower() in tables))]
+    check = [r[0] for r in store.rows(f"PRAGMA integrity_check({int(limit)})")] if store.dialect == "sqlite" else None
     return {
         "relationships_checked": len(keys),
         "orphans": orphans,
         "orphan_rows": sum(o["rows"] for o in orphans),
         "integrity_check": None if check is None else ("ok" if check == ["ok"] else check),
+        "unvalidated_foreign_keys": store.unvalidated_foreign_keys(),
+        "invalid_indexes": store.invalid_indexes(),
     }
 
 
-def _sqlite_orphans(store: StoreReader, keys) -> list[dict[str, Any]]:
-    by_id = {(fk.table, fk.name): fk for fk in keys}
-    grouped: dict[tuple[str, str], list] = {}
-    for table, rowid, _parent, fk_id in store.rows("PRAGMA foreign_key_check"):
-        grouped.setdefault((table, str(fk_id)), []).append(rowid)
-    found = []
-    for (table, fk_id), rowids in sorted(grouped.items()):
-        fk = by_id[(table, fk_id)]
-        sample_ids = [r for r in rowids if r is not None][:3]
-        cols = ", ".join(store.quote(c) for c in fk.columns)
-        sample = [
-            list(r) for r in store.rows(
-                f"SELECT {cols} FROM {store.quote(table)} WHERE rowid IN ({', '.join('?' * len(sample_ids))})",
-                tuple(sample_ids),
-            )
-        ] if sample_ids else []
-        found.append(_orphan_entry(fk, len(rowids), sample))
-    return found
+def _orphans(store: StoreReader, fk: ForeignKey, *, parent_exists: bool = True) -> dict[str, Any] | None:
+    """One anti-join per foreign key (MATCH SIMPLE: a row with a NULL key is no orphan).
 
-
-def _generated_orphans(store: StoreReader, keys) -> list[dict[str, Any]]:
-    """One anti-join per catalog foreign key (MATCH SIMPLE: a row with a NULL key is no orphan)."""
-    found = []
-    for fk in keys:
-        q = store.quote
-        not_null = " AND ".join(f"c.{q(col)} IS NOT NULL" for col in fk.columns)
-        match = " AND ".join(f"p.{q(pc)} = c.{q(col)}" for col, pc in zip(fk.columns, fk.parent_columns))
-        where = f"FROM {q(fk.table)} c WHERE {not_null} AND NOT EXISTS (SELECT 1 FROM {q(fk.parent)} p WHERE {match})"
-        count = store.scalar(f"SELECT count(*) {where}")
-        if count:
-            cols = ", ".join(f"c.{q(col)}" for col in fk.columns)
-            sample = [list(r) for r in store.rows(f"SELECT {cols} {where} LIMIT 3")]
-            found.append(_orphan_entry(fk, count, sample))
-    return found
-
-
-def _orphan_entry(fk, rows: int, sample: list) -> dict[str, Any]:
+    SQLite lets a parent table be dropped under its children; then every keyed row is an orphan.
+    """
+    q = store.quote
+    not_null = " AND ".join(f"c.{q(col)} IS NOT NULL" for col in fk.columns)
+    where = f"FROM {q(fk.table)} c WHERE {not_null}"
+    if parent_exists or fk.parent_schema is not None:
+        parent = q(fk.parent) if fk.parent_schema is None else f"{q(fk.parent_schema)}.{q(fk.parent)}"
+        match = " AND ".join(f"p.{q(pc)} = c.{q(col)}" for col, pc in zip(fk.columns, fk.parent_columns, strict=True))
+        where += f" AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE {match})"
+    count = store.scalar(f"SELECT count(*) {where}")
+    if not count:
+        return None
+    cols = ", ".join(f"c.{q(col)}" for col in fk.columns)
     return {
         "table": fk.table, "columns": list(fk.columns), "parent": fk.parent,
-        "parent_columns": list(fk.parent_columns), "rows": rows, "sample": sample,
+        "parent_columns": list(fk.parent_columns), "name": fk.name, "rows": count,
+        "sample": [list(r) for r in store.rows(f"SELECT {cols} {where} LIMIT 3")],
     }
 
 
@@ -222,8 +206,8 @@ def run_health(store: StoreReader, *, stale_hours: float = DEFAULT_STALE_HOURS,
             entry["deleted"] += count
         entry[status or "NONE"] = entry.get(status or "NONE", 0) + count
     cutoff = now_ms - int(stale_hours * 3600 * 1000)
-    stale = _run_list(store, "r.status = 'RUNNING' AND r.start_time < ?", (cutoff,), now_ms)
-    no_end = _run_list(store, "r.end_time IS NULL", (), now_ms)
+    stale = _run_list(store, "r.status = 'RUNNING' AND r.start_time < :cutoff", {"cutoff": cutoff}, now_ms)
+    no_end = _run_list(store, "r.end_time IS NULL", {}, now_ms)
     return {
         "total": sum(e["total"] for e in per_experiment.values()),
         "by_experiment": list(per_experiment.values()),
@@ -235,7 +219,7 @@ def run_health(store: StoreReader, *, stale_hours: float = DEFAULT_STALE_HOURS,
     }
 
 
-def _run_list(store: StoreReader, condition: str, params: tuple, now_ms: int) -> list[dict[str, Any]]:
+def _run_list(store: StoreReader, condition: str, params: dict[str, Any], now_ms: int) -> list[dict[str, Any]]:
     found = store.rows(
         "SELECT r.run_uuid, r.name, r.experiment_id, r.status, r.start_time FROM runs r "
         f"WHERE {condition} AND r.lifecycle_stage <> 'deleted' ORDER BY r.start_time",
@@ -337,6 +321,7 @@ def store_sizes(store: StoreReader) -> dict[str, Any]:
     """SQLite: file, WAL and free pages (+ per-table bytes if dbstat exists); PostgreSQL: per table."""
     if store.dialect == "sqlite":
         path = store.sqlite_path
+        assert path is not None  # set for every SQLite store
         files = {"database": file_size(path), "wal": file_size(Path(f"{path}-wal")), "shm": file_size(Path(f"{path}-shm"))}
         page_size = store.scalar("PRAGMA page_size")
         result: dict[str, Any] = {
@@ -353,7 +338,7 @@ def store_sizes(store: StoreReader) -> dict[str, Any]:
                     "LEFT JOIN sqlite_master m ON m.name = d.name GROUP BY t ORDER BY size DESC, t"
                 )
             ]
-        except Exception:  # SQLite built without the dbstat virtual table
+        except OperationalError:  # SQLite built without the dbstat virtual table
             result["tables"] = None
         return result
     tables = store.dicts(

@@ -1,27 +1,39 @@
-"""Read-only connections to an MLflow store (SQLite file or PostgreSQL) behind one small API.
+"""Read-only access to an MLflow store (SQLite file or PostgreSQL) through one SQLAlchemy connection.
 
 Nothing here writes: SQLite is opened with mode=ro (or immutable=1, see _sqlite_open_uri) and
 PostgreSQL runs every query in one READ ONLY, REPEATABLE READ transaction that is rolled back.
+Tables, columns and keys come from `sqlalchemy.inspect()`, the same on both dialects.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import URL, Connection, Inspector, make_url
+from sqlalchemy.exc import ArgumentError, CompileError, DBAPIError
+from sqlalchemy.pool import NullPool
 
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.redact import mask_uri
+from tasks.libs.postgres.connection import explain_error
 
 # Tables every MLflow tracking store has; missing ones mean "not an MLflow store".
 MLFLOW_CORE_TABLES = ("alembic_version", "experiments", "runs")
+APPLICATION_NAME = "mlflow-ops inspect"
+PG_LIMITS = "-c lock_timeout=10s -c statement_timeout=300s"
+
+
+class UnsupportedStore(UserError):
+    """A store this reader cannot read at all (another backend, an in-memory SQLite)."""
 
 
 @dataclass(frozen=True)
@@ -31,120 +43,120 @@ class ForeignKey:
     parent: str
     parent_columns: tuple[str, ...]
     name: str = ""
+    parent_schema: str | None = None  # None: the store's own schema
 
 
 class StoreReader:
-    """Queries with '?' placeholders against either dialect; rows come back as tuples."""
+    """Queries with :name parameters on one read-only connection; rows come back as tuples."""
 
-    def __init__(self, conn: Any, dialect: str, shown_uri: str, sqlite_path: Path | None = None):
-        self.conn = conn
-        self.dialect = dialect  # "sqlite" | "postgresql"
+    def __init__(self, connection: Connection, shown_uri: str, label: str, sqlite_path: Path | None = None):
+        self.connection = connection
+        self.dialect: str = connection.dialect.name  # "sqlite" | "postgresql"
         self.shown_uri = shown_uri  # masked, safe to print
+        self.label = label  # the file, or "PostgreSQL host:port/db": for one-line messages
         self.sqlite_path = sqlite_path
-        if dialect == "sqlite":
-            self.errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
-        else:
-            import psycopg2
 
-            self.errors = (psycopg2.Error,)
+    def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
+        return [tuple(r) for r in self.connection.execute(text(sql), params or {})]
 
-    def recover(self) -> None:
-        """After a failed query: PostgreSQL needs the aborted transaction rolled back."""
-        if self.dialect == "postgresql":
-            self.conn.rollback()
+    def dicts(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.connection.execute(text(sql), params or {}).mappings()]
 
-    def rows(self, sql: str, params: tuple = ()) -> list[tuple]:
-        cur = self.conn.cursor()
-        try:
-            cur.execute(sql if self.dialect == "sqlite" else sql.replace("?", "%s"), params)
-            return [tuple(r) for r in cur.fetchall()]
-        finally:
-            cur.close()
-
-    def dicts(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
-        cur = self.conn.cursor()
-        try:
-            cur.execute(sql if self.dialect == "sqlite" else sql.replace("?", "%s"), params)
-            names = [d[0] for d in cur.description]
-            return [dict(zip(names, r)) for r in cur.fetchall()]
-        finally:
-            cur.close()
-
-    def scalar(self, sql: str, params: tuple = ()) -> Any:
-        found = self.rows(sql, params)
-        return found[0][0] if found else None
+    def scalar(self, sql: str, params: dict[str, Any] | None = None) -> Any:
+        return self.connection.execute(text(sql), params or {}).scalar()
 
     def quote(self, identifier: str) -> str:
-        return '"' + identifier.replace('"', '""') + '"'
+        return self.connection.dialect.identifier_preparer.quote_identifier(identifier)
+
+    @contextlib.contextmanager
+    def section(self) -> Iterator[None]:
+        """A block whose failure must not end the others.
+
+        On PostgreSQL a failed statement aborts the whole transaction, so the block runs in a
+        SAVEPOINT that is rolled back on error (the snapshot survives); SQLite needs nothing.
+        """
+        if self.dialect == "postgresql":
+            with self.connection.begin_nested():
+                yield
+        else:
+            yield
+
+    @functools.cached_property
+    def inspector(self) -> Inspector:
+        return inspect(self.connection)
 
     def tables(self) -> list[str]:
-        if self.dialect == "sqlite":
-            sql = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
-        else:
-            sql = (
-                "SELECT table_name FROM information_schema.tables "
-                "WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY table_name"
-            )
-        return [r[0] for r in self.rows(sql)]
+        return sorted(self.inspector.get_table_names())
 
-    def columns(self, table: str) -> list[dict[str, Any]]:
-        """name, type, nullable, default, primary_key (position in the key, 0 if not)."""
-        if self.dialect == "sqlite":
-            return [
-                {"name": name, "type": type_, "nullable": not notnull, "default": default, "primary_key": pk}
-                for _, name, type_, notnull, default, pk in self.rows(f"PRAGMA table_info({self.quote(table)})")
+    def columns(self) -> dict[str, list[dict[str, Any]]]:
+        """Per table: name, type, nullable, default, primary_key (position in the key, 0 if not)."""
+        keys = {table: pk["constrained_columns"] for (_, table), pk in self.inspector.get_multi_pk_constraint().items()}
+        found = {}
+        for (_, table), cols in self.inspector.get_multi_columns().items():
+            key = keys.get(table, [])
+            found[table] = [
+                {"name": c["name"], "type": self._type_name(c["type"]), "nullable": c["nullable"],
+                 "default": c.get("default"), "primary_key": key.index(c["name"]) + 1 if c["name"] in key else 0}
+                for c in cols
             ]
-        pk = {
-            name: pos
-            for name, pos in self.rows(
-                "SELECT a.attname, array_position(c.conkey, a.attnum) FROM pg_constraint c "
-                "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey) "
-                "WHERE c.contype = 'p' AND c.conrelid = to_regclass(?)",
-                (self.quote(table),),
-            )
-        }
-        return [
-            {"name": name, "type": type_, "nullable": nullable, "default": default, "primary_key": pk.get(name, 0)}
-            for name, type_, nullable, default in self.rows(
-                "SELECT a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull, pg_get_expr(d.adbin, d.adrelid) "
-                "FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
-                "WHERE a.attrelid = to_regclass(?) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-                (self.quote(table),),
-            )
-        ]
+        return found
+
+    def _type_name(self, type_: Any) -> str:
+        try:
+            return str(type_.compile(dialect=self.connection.dialect))
+        except CompileError:  # a type SQLAlchemy reflects but cannot render
+            return repr(type_)
 
     def foreign_keys(self) -> list[ForeignKey]:
-        if self.dialect == "sqlite":
-            keys = []
-            for table in self.tables():
-                grouped: dict[int, list[tuple]] = {}
-                for fk_id, seq, parent, col, parent_col, *_ in self.rows(f"PRAGMA foreign_key_list({self.quote(table)})"):
-                    grouped.setdefault(fk_id, []).append((seq, parent, col, parent_col))
-                for fk_id, parts in sorted(grouped.items()):
-                    parts.sort()
-                    parent = parts[0][1]
-                    # A key that names no parent columns refers to the parent's primary key.
-                    parent_cols = tuple(p[3] for p in parts) if all(p[3] for p in parts) else tuple(
-                        c["name"] for c in sorted(self.columns(parent), key=lambda c: c["primary_key"]) if c["primary_key"]
-                    )
-                    keys.append(ForeignKey(table, tuple(p[2] for p in parts), parent, parent_cols, str(fk_id)))
-            return keys
-        found = self.rows(
-            "SELECT c.conname, cl.relname, pl.relname, "
-            "  ARRAY(SELECT a.attname FROM unnest(c.conkey) WITH ORDINALITY k(n, i) "
-            "        JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i), "
-            "  ARRAY(SELECT a.attname FROM unnest(c.confkey) WITH ORDINALITY k(n, i) "
-            "        JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i) "
-            "FROM pg_constraint c JOIN pg_class cl ON cl.oid = c.conrelid JOIN pg_class pl ON pl.oid = c.confrelid "
-            "WHERE c.contype = 'f' AND cl.relnamespace = current_schema()::regnamespace ORDER BY cl.relname, c.conname"
+        """Every foreign key; one that names no parent columns refers to the parent's primary key."""
+        found = self.inspector.get_multi_foreign_keys()
+        own = {None, self.inspector.default_schema_name}
+        return [
+            ForeignKey(table, tuple(fk["constrained_columns"]), fk["referred_table"], tuple(fk["referred_columns"]),
+                       fk.get("name") or "", None if fk.get("referred_schema") in own else fk["referred_schema"])
+            for (_, table), keys in sorted(found.items(), key=lambda item: item[0][1])
+            for fk in sorted(keys, key=lambda k: (k.get("name") or "", k["constrained_columns"]))
+        ]
+
+    def invalid_indexes(self) -> list[str] | None:
+        """PostgreSQL: indexes the planner ignores (a failed CREATE INDEX CONCURRENTLY); None on SQLite."""
+        if self.dialect != "postgresql":
+            return None
+        return sorted(
+            f"{index['name']} ({table})"
+            for (_, table), indexes in self.inspector.get_multi_indexes().items()
+            for index in indexes
+            if index.get("dialect_options", {}).get("postgresql_invalid")
         )
-        return [ForeignKey(table, tuple(cols), parent, tuple(pcols), name) for name, table, parent, cols, pcols in found]
+
+    def unvalidated_foreign_keys(self) -> list[str] | None:
+        """PostgreSQL: foreign keys added NOT VALID and never validated; None on SQLite.
+
+        SQLAlchemy does not reflect `convalidated`, so this one reads the catalog.
+        """
+        if self.dialect != "postgresql":
+            return None
+        return [
+            f"{name} ({table})"
+            for table, name in self.rows(
+                "SELECT cl.relname, c.conname FROM pg_constraint c JOIN pg_class cl ON cl.oid = c.conrelid "
+                "WHERE c.contype = 'f' AND NOT c.convalidated AND cl.relnamespace = current_schema()::regnamespace "
+                "ORDER BY cl.relname, c.conname"
+            )
+        ]
 
     def create_statements(self) -> dict[str, str]:
         """SQLite keeps each table's CREATE statement; PostgreSQL does not (empty dict)."""
         if self.dialect != "sqlite":
             return {}
         return dict(self.rows("SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"))
+
+
+def first_line(exc: BaseException) -> str:
+    """The driver's own message for a failed statement (without SQLAlchemy's [SQL: ...] block)."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__
 
 
 @contextlib.contextmanager
@@ -160,29 +172,37 @@ def open_store(uri: str) -> Iterator[StoreReader]:
     elif backend in ("postgresql", "postgres"):
         reader = _open_postgres(url)
     else:
-        raise UserError(f"{mask_uri(uri)}: unsupported backend {backend!r}; inspect reads SQLite and PostgreSQL stores")
+        raise UnsupportedStore(f"{mask_uri(uri)}: unsupported backend {backend!r}; inspect reads SQLite and PostgreSQL stores")
+    engine = reader.connection.engine
     try:
         _check_is_mlflow_store(reader)
         yield reader
     finally:
-        if reader.dialect == "postgresql":
-            with contextlib.suppress(Exception):
-                reader.conn.rollback()
-        reader.conn.close()
+        with contextlib.suppress(Exception):
+            reader.connection.rollback()  # nothing to keep: the transaction only ever read
+        reader.connection.close()
+        engine.dispose()
 
 
 def _open_sqlite(uri: str, database: str | None) -> StoreReader:
     if not database or database == ":memory:":
-        raise UserError(f"{uri!r} names no database file; give sqlite:////absolute/path/mlflow.db")
+        raise UnsupportedStore(f"{mask_uri(uri)!r} names no database file; give sqlite:////absolute/path/mlflow.db")
     path = Path(database).expanduser().resolve()
     if not path.is_file():
         raise UserError(f"no SQLite store at {path}: the file does not exist (start the server once, or fix --uri / sqlite.path)")
+    open_uri = _sqlite_open_uri(path)
+    # busy_timeout as MLflow's own: a live server may hold a write lock for a moment.
+    engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(open_uri, uri=True, timeout=20), poolclass=NullPool)
+    connection = None
     try:
-        conn = sqlite3.connect(_sqlite_open_uri(path), uri=True)
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.DatabaseError as exc:
-        raise UserError(f"{path} is not an SQLite database ({exc})") from None
-    return StoreReader(conn, "sqlite", f"sqlite:///{path}", sqlite_path=path)
+        connection = engine.connect()
+        connection.execute(text("SELECT count(*) FROM sqlite_master")).scalar()  # opening reads nothing
+    except DBAPIError as exc:
+        if connection is not None:
+            connection.close()
+        engine.dispose()
+        raise UserError(f"{path}: {first_line(exc)} (not an SQLite database, or a damaged one)") from None
+    return StoreReader(connection, f"sqlite:///{path}", str(path), sqlite_path=path)
 
 
 def _sqlite_open_uri(path: Path) -> str:
@@ -200,47 +220,51 @@ def _sqlite_open_uri(path: Path) -> str:
 
 
 def sqlite_journal_mode(path: Path) -> str:
-    """'wal' or 'rollback', from the file header (PRAGMA journal_mode would say 'delete' when immutable)."""
-    with path.open("rb") as fh:
-        header = fh.read(20)
+    """'wal' or 'rollback', from the file header; 'no file' if it is missing.
+
+    Read from the header, not with PRAGMA journal_mode: that would say 'delete' on an immutable
+    connection, and a mode=ro connection to a WAL file leaves -wal and -shm files behind.
+    """
+    try:
+        with Path(path).open("rb") as fh:
+            header = fh.read(20)
+    except FileNotFoundError:
+        return "no file"
     return "wal" if len(header) == 20 and header[:16] == b"SQLite format 3\x00" and header[18] == 2 else "rollback"
 
 
-def _open_postgres(url) -> StoreReader:
-    import psycopg2
-
+def _open_postgres(url: URL) -> StoreReader:
     where = f"{url.host or 'localhost'}:{url.port or 5432}"
-    shown = mask_uri(url.render_as_string(hide_password=False))
+    query = {k: v for k, v in url.query.items() if isinstance(v, str)}
+    args = {
+        "connect_timeout": int(query.get("connect_timeout", 10)),
+        "application_name": APPLICATION_NAME,
+        "options": " ".join(filter(None, [query.get("options"), PG_LIMITS])),  # keep a search_path the URI sets
+    }
+    engine = create_engine(url.set(drivername="postgresql+psycopg2"), poolclass=NullPool, connect_args=args)
     try:
-        conn = psycopg2.connect(
-            host=url.host,
-            port=url.port,
-            user=url.username,
-            password=url.password,
-            dbname=url.database,
-            connect_timeout=10,
-            application_name="mlflow-ops inspect",
-            options="-c lock_timeout=10s -c statement_timeout=300s",
-            **{k: v for k, v in url.query.items() if isinstance(v, str)},
-        )
-    except psycopg2.OperationalError as exc:
-        raise UserError(_explain_pg_error(str(exc), where, url)) from None
-    conn.set_session(readonly=True, isolation_level="REPEATABLE READ")  # one consistent snapshot
-    return StoreReader(conn, "postgresql", shown)
+        connection = engine.connect()
+    except DBAPIError as exc:
+        engine.dispose()
+        raise UserError(_connect_problem(exc, where, url)) from None
+    # One consistent snapshot for every section; psycopg2 opens the transaction READ ONLY.
+    connection = connection.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+    connection.begin()
+    return StoreReader(connection, mask_uri(url.render_as_string(hide_password=False)),
+                       f"PostgreSQL {where}/{url.database or ''}")
 
 
-def _explain_pg_error(message: str, where: str, url) -> str:
-    text = " ".join(message.split())
-    if "password authentication failed" in text or "no password supplied" in text:
-        return f"PostgreSQL at {where} refused the password for user {url.username!r}; check postgres.password / --uri"
-    if "does not exist" in text and "database" in text:
+def _connect_problem(exc: DBAPIError, where: str, url: URL) -> str:
+    """explain_error's phrase plus what to do about it."""
+    cause = exc.orig if isinstance(exc.orig, Exception) else str(exc)
+    reason = explain_error(cause, where, (url.password,) if url.password else ())
+    if reason.startswith(("nothing answers", "no answer")):
+        return f"cannot reach PostgreSQL ({reason}); start it with `inv db.start` or fix --uri"
+    if "password authentication failed" in reason or "no password supplied" in reason:
+        return f"PostgreSQL at {where} refused the password for user {url.username!r} ({reason}); check postgres.password / --uri"
+    if "does not exist" in reason and "database" in reason:
         return f"PostgreSQL at {where} has no database {url.database!r}; check postgres.database / --uri"
-    if "Connection refused" in text or "could not connect" in text or "timeout expired" in text:
-        return f"cannot reach PostgreSQL at {where} (nothing answers there); start it with `inv db.start` or fix --uri"
-    first = message.strip().splitlines()[0] if message.strip() else "unknown error"
-    if url.password:
-        first = first.replace(url.password, "***")
-    return f"cannot connect to PostgreSQL at {where}: {first}"
+    return f"cannot connect to PostgreSQL at {where}: {reason}; check --uri"
 
 
 def _check_is_mlflow_store(reader: StoreReader) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from tabulate import tabulate
 
@@ -125,6 +126,9 @@ def _integrity(out: _Out, info: dict) -> None:
     check = info["integrity_check"]
     if check is not None:
         out.line("integrity_check: " + (check if isinstance(check, str) else "; ".join(check)))
+    for key, what in (("unvalidated_foreign_keys", "foreign keys not validated"), ("invalid_indexes", "invalid indexes")):
+        if info.get(key) is not None:
+            out.line(f"{what}: {', '.join(info[key]) or 'none'}")
 
 
 def _runs(out: _Out, info: dict) -> None:

@@ -13,7 +13,7 @@ from tasks.libs.checks.results import CheckFailed, CheckSkipped
 from tasks.libs.checks.runner import CheckContext, describe_error
 from tasks.libs.core.errors import UserError
 from tasks.libs.store.artifacts import local_artifact_path
-from tasks.libs.store.inspection import integrity
+from tasks.libs.store.inspection import integrity, integrity_problems
 from tasks.libs.store.reader import UnsupportedStore, first_line, open_store
 
 
@@ -55,26 +55,12 @@ def check_database(store_uri: str) -> str:
         raise CheckSkipped(f"database: {exc}") from None
     except UserError as exc:  # missing file, not a database, not an MLflow store, cannot connect
         raise CheckFailed(str(exc)) from None
-    check = found["integrity_check"]
-    if check not in (None, "ok"):
-        raise CheckFailed(f"{label}: integrity_check reports {'; '.join(check[:3])}")
-    problems = []
-    if found["orphans"]:
-        counts = sorted(f"{o['table']} -> {o['parent']}{_named(o['name'])}: {o['rows']}" for o in found["orphans"])
-        problems.append(f"rows whose foreign key points nowhere: {', '.join(counts)}")
-    if found["unvalidated_foreign_keys"]:
-        problems.append(f"foreign keys not validated: {', '.join(found['unvalidated_foreign_keys'])}")
-    if found["invalid_indexes"]:
-        problems.append(f"invalid indexes: {', '.join(found['invalid_indexes'])}")
+    problems = integrity_problems(found)
     if problems:
         raise CheckFailed(f"{label}: " + "; ".join(problems))
     if sqlite_path is not None:
         return f"SQLite {sqlite_path.name}: integrity ok, no orphan rows in {tables} tables"
     return f"{label}: no orphan rows across {found['relationships_checked']} foreign keys in {tables} tables"
-
-
-def _named(constraint: str) -> str:
-    return f" ({constraint})" if constraint else ""
 
 
 def _artifacts_part(ctx: CheckContext) -> str:

@@ -34,7 +34,7 @@ from tasks.libs.postgres.connection import recreate_database
 from tasks.libs.postgres.providers import Provider, provider_for
 from tasks.libs.server.auth import client_env
 from tasks.libs.server.lifecycle import start_server, stop_server
-from tasks.libs.store.inspection import inspect_store, section_errors
+from tasks.libs.store.inspection import inspect_store, integrity_problems, section_errors
 
 BACKENDS = ("postgres", "sqlite")
 
@@ -184,11 +184,9 @@ def _inspect(settings: Settings, out_dir: Path) -> str:
     errors = section_errors(found)
     if errors:
         raise UserError("unreadable: " + "; ".join(errors))
-    integrity = found.get("integrity", {})
-    if integrity.get("orphan_rows"):
-        raise UserError(f"{integrity['orphan_rows']} orphan row(s) in {backend_store_uri(settings)}")
-    if integrity.get("integrity_check") not in (None, "ok"):
-        raise UserError(f"SQLite integrity_check: {integrity['integrity_check']}")
+    problems = integrity_problems(found["integrity"])
+    if problems:
+        raise UserError(f"{backend_store_uri(settings)}: " + "; ".join(problems))
     return "store sound"
 
 

@@ -164,6 +164,26 @@ def integrity(store: StoreReader, *, limit: int = DEFAULT_LIMIT) -> dict[str, An
     }
 
 
+def integrity_problems(found: dict[str, Any]) -> list[str]:
+    """What integrity() found wrong, one phrase each (empty: the store is sound)."""
+    problems = []
+    check = found["integrity_check"]
+    if check not in (None, "ok"):
+        problems.append(f"integrity_check reports {'; '.join(check[:3])}")
+    if found["orphans"]:
+        counts = sorted(f"{o['table']} -> {o['parent']}{_constraint(o['name'])}: {o['rows']}" for o in found["orphans"])
+        problems.append(f"rows whose foreign key points nowhere: {', '.join(counts)}")
+    if found.get("unvalidated_foreign_keys"):
+        problems.append(f"foreign keys not validated: {', '.join(found['unvalidated_foreign_keys'])}")
+    if found.get("invalid_indexes"):
+        problems.append(f"invalid indexes: {', '.join(found['invalid_indexes'])}")
+    return problems
+
+
+def _constraint(name: str) -> str:
+    return f" ({name})" if name else ""
+
+
 def _orphans(store: StoreReader, fk: ForeignKey, *, parent_exists: bool = True) -> dict[str, Any] | None:
     """One anti-join per foreign key (MATCH SIMPLE: a row with a NULL key is no orphan).
 

@@ -7,9 +7,9 @@ from pathlib import Path
 # `inv` and pytest (tasks/ has no __init__.py on purpose).
 __path__ = [str(Path(__file__).resolve().parent / "tasks")]
 
-from invoke import Collection  # noqa: E402
+from invoke import Collection
 
-from tasks import bench, config, db, deps, full_check, inspect, server, test  # noqa: E402
+from tasks import bench, config, db, deps, full_check, inspect, server, test
 
 ns = Collection()
 for module in (bench, config, db, inspect, server, test):

@@ -19,23 +19,32 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tabulate import tabulate  # noqa: E402
+from tabulate import tabulate
 
-import tasks  # noqa: E402,F401  (makes tasks/ importable)
-from tasks.libs.core.processes import free_port  # noqa: E402
-from tasks.libs.core.settings import load_settings  # noqa: E402
-from tasks.libs.postgres.connection import recreate_database  # noqa: E402
-from tasks.libs.postgres.providers import provider_for  # noqa: E402
-from tasks.libs.server.lifecycle import start_server, stop_server  # noqa: E402
+import tasks  # noqa: F401  (makes tasks/ importable)
+from tasks.libs.core.processes import free_port
+from tasks.libs.core.settings import load_settings
+from tasks.libs.postgres.connection import recreate_database
+from tasks.libs.postgres.providers import provider_for
+from tasks.libs.server.lifecycle import start_server, stop_server
 
 PASSWORD = "startup-bench"
 
 
 def settings_for(state: Path, backend: str, pg_port: int):
     state.mkdir(mode=0o755)
-    return load_settings(environ={}, local_file=False, overrides={
-        "state_dir": str(state), "backend": backend, "server.port": free_port(),
-        "postgres.port": pg_port, "postgres.provider": "local", "postgres.password": PASSWORD}).settings
+    return load_settings(
+        environ={},
+        local_file=False,
+        overrides={
+            "state_dir": str(state),
+            "backend": backend,
+            "server.port": free_port(),
+            "postgres.port": pg_port,
+            "postgres.provider": "local",
+            "postgres.password": PASSWORD,
+        },
+    ).settings
 
 
 def main() -> None:

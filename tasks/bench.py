@@ -38,8 +38,10 @@ def run(c, backends=None, preset=None, out=None, client_mode=None, profile=None,
     print(f"\nresults: {folder}/ ({', '.join(bench_report.FILES)})")
 
 
-@task(positional=["a", "b"], help={"a": "the baseline results folder (or its results.json)",
-            "b": "the results folder to compare against A"})
+@task(
+    positional=["a", "b"],
+    help={"a": "the baseline results folder (or its results.json)", "b": "the results folder to compare against A"},
+)
 def compare(c, a=None, b=None):
     """Compare two bench result folders cell by cell (B against A)."""
     if not a or not b:

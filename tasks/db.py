@@ -16,8 +16,11 @@ from tasks.libs.postgres.providers import provider_for, remember_provider
 from tasks.libs.server.command import is_loopback
 from tasks.libs.server.lifecycle import running_record
 
-COMMON = {"profile": PROFILE_HELP, "config": CONFIG_HELP,
-          "provider": "auto, docker, local or external (default from config)"}
+COMMON = {
+    "profile": PROFILE_HELP,
+    "config": CONFIG_HELP,
+    "provider": "auto, docker, local or external (default from config)",
+}
 
 
 def _settings(profile, config, provider):
@@ -69,8 +72,13 @@ def url(c, profile=None, config=None, provider=None, reveal=False):
         print(postgres_uri(_settings(profile, config, provider), reveal=reveal))
 
 
-@task(help={**COMMON, "yes": "do not ask for confirmation",
-            "wipe": "remove the whole cluster (local data dir, or docker container + volume), not just the database"})
+@task(
+    help={
+        **COMMON,
+        "yes": "do not ask for confirmation",
+        "wipe": "remove the whole cluster (local data dir, or docker container + volume), not just the database",
+    }
+)
 def reset(c, profile=None, config=None, provider=None, yes=False, wipe=False):
     """Empty the MLflow database (drop and create it); asks first unless --yes."""
     with user_errors():

@@ -17,12 +17,16 @@ from tasks.libs.pipeline.full_check import (
 )
 
 
-@task(help={
-    "backend": "sqlite or postgres: only this backend (default both)",
-    "keep": "leave the database and server running afterwards",
-    "report_dir": "where the report goes (default <state_dir>/reports/full-check-<time>)",
-    "preset": "workload preset from benchmarks/workload.yaml (default quick)",
-    "profile": PROFILE_HELP, "config": CONFIG_HELP})
+@task(
+    help={
+        "backend": "sqlite or postgres: only this backend (default both)",
+        "keep": "leave the database and server running afterwards",
+        "report_dir": "where the report goes (default <state_dir>/reports/full-check-<time>)",
+        "preset": "workload preset from benchmarks/workload.yaml (default quick)",
+        "profile": PROFILE_HELP,
+        "config": CONFIG_HELP,
+    }
+)
 def full_check(c, backend=None, keep=False, report_dir=None, preset=None, profile=None, config=None):
     """Start PostgreSQL and the server, run the workload, checks and inspection per backend."""
     backends = [backend] if backend else list(BACKENDS)
@@ -38,5 +42,6 @@ def full_check(c, backend=None, keep=False, report_dir=None, preset=None, profil
     print("\n" + stage_table(report) + "\n\n" + workload_table(report))
     print(f"\nfull-check took {report.wall_s:.1f} s; report in {out}")
     if report.failed:
-        raise Exit("full-check FAILED: " + "; ".join(f"[{s.backend}] {s.name}: {s.detail}" for s in report.failed),
-                   code=1)
+        raise Exit(
+            "full-check FAILED: " + "; ".join(f"[{s.backend}] {s.name}: {s.detail}" for s in report.failed), code=1
+        )

@@ -47,8 +47,10 @@ def _show(sections, *, uri, backend, format, limit, profile, config, schema=Fals
         print(render(report, fmt), end="")
         failed = section_errors(report)
         if failed:
-            raise UserError(f"{len(failed)} section(s) could not be read ({'; '.join(failed)}); "
-                            "if the schema section says so, run `mlflow db upgrade`")
+            raise UserError(
+                f"{len(failed)} section(s) could not be read ({'; '.join(failed)}); "
+                "if the schema section says so, run `mlflow db upgrade`"
+            )
 
 
 def _number(flag, value, default, kind):
@@ -64,17 +66,39 @@ def _number(flag, value, default, kind):
 
 
 @task(help={**COMMON, "schema": SCHEMA_HELP, "stale_hours": STALE_HELP, "artifacts": ARTIFACTS_HELP})
-def summary(c, uri=None, backend=None, format=None, schema=False, stale_hours=None, artifacts=None, limit=None,
-            profile=None, config=None):
+def summary(
+    c,
+    uri=None,
+    backend=None,
+    format=None,
+    schema=False,
+    stale_hours=None,
+    artifacts=None,
+    limit=None,
+    profile=None,
+    config=None,
+):
     """Every section: tables, schema revision, integrity, runs, metrics, registry, sizes."""
-    _show(SECTIONS, uri=uri, backend=backend, format=format, schema=schema, stale_hours=stale_hours,
-          artifacts=artifacts, limit=limit, profile=profile, config=config)
+    _show(
+        SECTIONS,
+        uri=uri,
+        backend=backend,
+        format=format,
+        schema=schema,
+        stale_hours=stale_hours,
+        artifacts=artifacts,
+        limit=limit,
+        profile=profile,
+        config=config,
+    )
 
 
 @task(help={**COMMON, "schema": SCHEMA_HELP})
 def tables(c, uri=None, backend=None, format=None, schema=False, limit=None, profile=None, config=None):
     """Every table with its row count (--schema: columns and keys too)."""
-    _show(["tables"], uri=uri, backend=backend, format=format, schema=schema, limit=limit, profile=profile, config=config)
+    _show(
+        ["tables"], uri=uri, backend=backend, format=format, schema=schema, limit=limit, profile=profile, config=config
+    )
 
 
 @task(help=COMMON)
@@ -92,8 +116,16 @@ def integrity(c, uri=None, backend=None, format=None, limit=None, profile=None, 
 @task(help={**COMMON, "stale_hours": STALE_HELP})
 def runs(c, uri=None, backend=None, format=None, stale_hours=None, limit=None, profile=None, config=None):
     """Run counts by status per experiment, stale RUNNING runs, runs without an end time."""
-    _show(["runs"], uri=uri, backend=backend, format=format, stale_hours=stale_hours, limit=limit,
-          profile=profile, config=config)
+    _show(
+        ["runs"],
+        uri=uri,
+        backend=backend,
+        format=format,
+        stale_hours=stale_hours,
+        limit=limit,
+        profile=profile,
+        config=config,
+    )
 
 
 @task(help=COMMON)
@@ -111,5 +143,13 @@ def registry(c, uri=None, backend=None, format=None, limit=None, profile=None, c
 @task(help={**COMMON, "artifacts": ARTIFACTS_HELP})
 def sizes(c, uri=None, backend=None, format=None, artifacts=None, limit=None, profile=None, config=None):
     """Store size (SQLite file + WAL, or per table) and the artifact tree, orphans included."""
-    _show(["sizes"], uri=uri, backend=backend, format=format, artifacts=artifacts, limit=limit,
-          profile=profile, config=config)
+    _show(
+        ["sizes"],
+        uri=uri,
+        backend=backend,
+        format=format,
+        artifacts=artifacts,
+        limit=limit,
+        profile=profile,
+        config=config,
+    )

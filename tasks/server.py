@@ -13,8 +13,13 @@ from tasks.libs.server.lifecycle import (
 )
 
 COMMON = {"profile": PROFILE_HELP, "config": CONFIG_HELP}
-START_HELP = {**COMMON, "backend": "sqlite or postgres", "port": "port to listen on (default 3111)",
-              "host": "interface to bind (default 127.0.0.1)", "workers": "uvicorn worker processes"}
+START_HELP = {
+    **COMMON,
+    "backend": "sqlite or postgres",
+    "port": "port to listen on (default 3111)",
+    "host": "interface to bind (default 127.0.0.1)",
+    "workers": "uvicorn worker processes",
+}
 
 
 def _settings(profile, config, backend=None, **server_flags):
@@ -36,8 +41,10 @@ def start(c, backend=None, port=None, host=None, workers=None, profile=None, con
     else:
         print(f"server ready at {rec.url} ({rec.backend}, pid {rec.pid}) in {result.seconds:.1f} s")
     if settings.server.auth.enabled:
-        print(f"sign-in required: user {settings.server.auth.admin_user}, password in "
-              f"{settings.state_path / 'secrets' / 'admin_password'} (or server.auth.admin_password)")
+        print(
+            f"sign-in required: user {settings.server.auth.admin_user}, password in "
+            f"{settings.state_path / 'secrets' / 'admin_password'} (or server.auth.admin_password)"
+        )
 
 
 @task(help=COMMON)

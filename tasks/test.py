@@ -27,7 +27,7 @@ DEPLOYMENT_HELP = {
     "config": CONFIG_HELP,
     "backend": "sqlite or postgres: which configured store the storage check opens",
 }
-PYTEST_HELP = {"args": "extra arguments for pytest, e.g. \"-k registry -x\""}
+PYTEST_HELP = {"args": 'extra arguments for pytest, e.g. "-k registry -x"'}
 
 
 @task(help=DEPLOYMENT_HELP)

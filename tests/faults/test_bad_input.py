@@ -27,7 +27,7 @@ from tests.support.settings import make_state_dir
 
 pytestmark = pytest.mark.faults
 
-PASSWORD = "p@ss#%/?:"     # every character that breaks naive URI building
+PASSWORD = "p@ss#%/?:"  # every character that breaks naive URI building
 WRONG = "wr@ng#%/?:"
 
 
@@ -53,20 +53,33 @@ def _config(state_dir, text: str) -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize("text, expected", [
-    pytest.param("server: {port: [3111\n", ["bad.yaml", "not valid YAML"], id="malformed-yaml"),
-    pytest.param("backend: mysql\n", ["backend = 'mysql' is not one of 'sqlite' or 'postgres'"], id="unknown-backend"),
-    pytest.param("sqlite: {path: 'sqlite:///:memory:'}\n", ["sqlite.path", "in-memory database loses every run"],
-                 id="sqlite-memory"),
-    pytest.param("sqlite: {path: ':memory:'}\n", ["sqlite.path", "in-memory"], id="bare-memory"),
-    pytest.param("sqlite: {path: data/mlflow.db}\n", ["sqlite.path", "is relative; give an absolute path"],
-                 id="relative-sqlite-path"),
-    pytest.param("server: {port: 70000}\n", ["server.port = 70000", "less than or equal to 65535"],
-                 id="port-too-high"),
-    pytest.param("server: {port: 0}\n", ["server.port = 0"], id="port-zero"),
-    pytest.param("server: {prot: 3111}\n", ["unknown setting 'server.prot' (did you mean 'server.port'?)"],
-                 id="misspelt-key"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        pytest.param("server: {port: [3111\n", ["bad.yaml", "not valid YAML"], id="malformed-yaml"),
+        pytest.param(
+            "backend: mysql\n", ["backend = 'mysql' is not one of 'sqlite' or 'postgres'"], id="unknown-backend"
+        ),
+        pytest.param(
+            "sqlite: {path: 'sqlite:///:memory:'}\n",
+            ["sqlite.path", "in-memory database loses every run"],
+            id="sqlite-memory",
+        ),
+        pytest.param("sqlite: {path: ':memory:'}\n", ["sqlite.path", "in-memory"], id="bare-memory"),
+        pytest.param(
+            "sqlite: {path: data/mlflow.db}\n",
+            ["sqlite.path", "is relative; give an absolute path"],
+            id="relative-sqlite-path",
+        ),
+        pytest.param(
+            "server: {port: 70000}\n", ["server.port = 70000", "less than or equal to 65535"], id="port-too-high"
+        ),
+        pytest.param("server: {port: 0}\n", ["server.port = 0"], id="port-zero"),
+        pytest.param(
+            "server: {prot: 3111}\n", ["unknown setting 'server.prot' (did you mean 'server.port'?)"], id="misspelt-key"
+        ),
+    ],
+)
 def test_bad_config_file_refuses_server_start(state_dir, text, expected):
     assert_refused(inv("server.start", env=_config(state_dir, text)), state_dir, *expected)
 
@@ -89,13 +102,18 @@ def test_empty_config_file_is_refused(state_dir):
     assert_refused(inv("config.check", env=_config(state_dir, "")), state_dir, "empty")
 
 
-@pytest.mark.parametrize("args, values, expected", [
-    pytest.param(["server.start", "--port", "70000"], {}, ["flag --port: server.port = '70000'", "65535"], id="flag-port"),
-    pytest.param(["server.start", "--port", "-5"], {}, ["server.port = '-5'"], id="flag-port-negative"),
-    pytest.param(["server.start"], {"SERVER__PORT": "99999"}, ["env MLFLOW_OPS_SERVER__PORT"], id="env-port"),
-    pytest.param(["server.start", "--backend", "mysql"], {}, ["flag --backend", "'mysql'"], id="flag-backend"),
-    pytest.param(["db.start", "--provider", "podman"], {}, ["postgres.provider = 'podman'"], id="flag-provider"),
-])
+@pytest.mark.parametrize(
+    "args, values, expected",
+    [
+        pytest.param(
+            ["server.start", "--port", "70000"], {}, ["flag --port: server.port = '70000'", "65535"], id="flag-port"
+        ),
+        pytest.param(["server.start", "--port", "-5"], {}, ["server.port = '-5'"], id="flag-port-negative"),
+        pytest.param(["server.start"], {"SERVER__PORT": "99999"}, ["env MLFLOW_OPS_SERVER__PORT"], id="env-port"),
+        pytest.param(["server.start", "--backend", "mysql"], {}, ["flag --backend", "'mysql'"], id="flag-backend"),
+        pytest.param(["db.start", "--provider", "podman"], {}, ["postgres.provider = 'podman'"], id="flag-provider"),
+    ],
+)
 def test_bad_flag_or_env_is_refused(state_dir, args, values, expected):
     assert_refused(inv(*args, env=hermetic_env(state_dir, **values)), state_dir, *expected)
 
@@ -124,8 +142,10 @@ def test_corrupt_sqlite_file_is_one_line(state_dir):
 
 def test_external_uri_with_a_wrong_scheme_never_shows_its_password(state_dir):
     secret = "Ext3rnal-S3cret"
-    env = _config(state_dir, f"backend: postgres\npostgres: {{provider: external, "
-                             f"uri: 'mysql://u:{secret}@127.0.0.1:{free_port()}/db'}}\n")
+    env = _config(
+        state_dir,
+        f"backend: postgres\npostgres: {{provider: external, uri: 'mysql://u:{secret}@127.0.0.1:{free_port()}/db'}}\n",
+    )
     assert_refused(inv("server.start", env=env), state_dir, "postgres", secrets=(secret,))
     assert_refused(inv("db.start", env=env), state_dir, "postgres", secrets=(secret,))
 
@@ -242,4 +262,5 @@ def _root() -> bool:
 
 def _engine_answers() -> bool:
     from tasks.libs.postgres.container import engine_answers
+
     return engine_answers()

@@ -38,9 +38,11 @@ pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 
 def _summary(logs) -> str:
-    return "; ".join(f"{log.name}: ok={len(log.ok)} failed={len(log.failed)} setup_failed={log.setup_failed} "
-                     f"rc={log.proc.poll()} {(log.proc.stderr.read() if log.proc.poll() is not None else b'')[-300:]!r}"
-                     for log in logs)
+    return "; ".join(
+        f"{log.name}: ok={len(log.ok)} failed={len(log.failed)} setup_failed={log.setup_failed} "
+        f"rc={log.proc.poll()} {(log.proc.stderr.read() if log.proc.poll() is not None else b'')[-300:]!r}"
+        for log in logs
+    )
 
 
 def _table(text: str) -> dict[str, str]:
@@ -137,8 +139,9 @@ def test_server_sigkilled_under_four_clients_loses_no_acknowledged_metric(state_
             assert log.ok <= served, f"{log.name}: acknowledged but lost: {sorted(log.ok - served)[:20]}"
         assert lost_acknowledged(logs, settings) == {}
 
-        report = inspect_store(backend_store_uri(settings, reveal=True), settings.artifacts_dir,
-                               sections=("runs",), stale_hours=0)
+        report = inspect_store(
+            backend_store_uri(settings, reveal=True), settings.artifacts_dir, sections=("runs",), stale_hours=0
+        )
         left_running = {run["run_id"] for run in report["runs"]["stale_running"]}
         assert {log.run_id for log in logs} <= left_running
     finally:
@@ -159,8 +162,7 @@ def test_postgres_stopped_in_immediate_mode_mid_workload_is_recovered_with_every
         clients = Clients(settings.server.url, state_dir, 4)
         assert clients.wait_for(lambda log: len(log.ok) >= 10, timeout=240), _summary(clients.refresh())
         postmaster = db.postmaster_pid()
-        crash = db._run([str(find_binaries(None) / "pg_ctl"), "stop", "-D", str(db.data_dir),
-                         "-m", "immediate", "-w"])
+        crash = db._run([str(find_binaries(None) / "pg_ctl"), "stop", "-D", str(db.data_dir), "-m", "immediate", "-w"])
         assert crash.returncode == 0, crash.stderr
         assert wait_until(lambda: gone(postmaster), timeout=30) and not db.is_running()
         assert clients.wait_for(lambda log: len(log.failed) >= 1, timeout=120), _summary(clients.refresh())
@@ -168,8 +170,9 @@ def test_postgres_stopped_in_immediate_mode_mid_workload_is_recovered_with_every
 
         assert "PostgreSQL started" in db.start()
         # The server keeps running and recovers: each client gets successes after its failures.
-        assert clients.wait_for(lambda log: max(log.ok, default=-1) > last_failed[log.name], timeout=180), \
-            _summary(clients.refresh())
+        assert clients.wait_for(lambda log: max(log.ok, default=-1) > last_failed[log.name], timeout=180), _summary(
+            clients.refresh()
+        )
         logs = clients.stop()
         assert lost_acknowledged(logs, settings) == {}
     finally:
@@ -198,8 +201,10 @@ def test_eight_concurrent_sqlite_writers_lose_nothing_and_hide_no_failure(state_
         assert lost_acknowledged(logs, settings) == {}
         record_property("acknowledged", sum(len(log.ok) for log in logs))
         record_property("failed", sum(len(log.failed) for log in logs))
-        print(f"8 writers: {sum(len(log.ok) for log in logs)} acknowledged, "
-              f"{sum(len(log.failed) for log in logs)} failed (each raised in its client)")
+        print(
+            f"8 writers: {sum(len(log.ok) for log in logs)} acknowledged, "
+            f"{sum(len(log.failed) for log in logs)} failed (each raised in its client)"
+        )
     finally:
         clients.kill()
         stop_server(settings)

@@ -52,15 +52,20 @@ def _pythonpath(hook) -> str:
 def test_cli_start_on_a_taken_port_refuses_in_one_line_and_touches_nothing(state_dir):
     env = hermetic_env(state_dir)
     port = load_settings(environ=env).settings.server.port
-    holder = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         assert wait_until(lambda: not port_is_free("127.0.0.1", port), timeout=30)
         proc = inv("server.start", env=env)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
         assert proc.stderr.strip().splitlines() == [
             f"error: port {port} on 127.0.0.1 is in use by pid {holder.pid} "
-            f"({' '.join(psutil.Process(holder.pid).cmdline())[:80]}); stop that or pick another port (--port)"]
+            f"({' '.join(psutil.Process(holder.pid).cmdline())[:80]}); stop that or pick another port (--port)"
+        ]
         assert holder.poll() is None, "the program holding the port was killed"
         assert pid_files(state_dir) == [] and processes_in(state_dir) == []
         status = inv("server.status", env=env)
@@ -77,8 +82,10 @@ def test_server_dying_at_start_is_reported_at_once_with_a_masked_log_tail(state_
     hook = state_dir / "dying"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(DIE_AT_START.format(raw=secret, quoted=quote(secret, safe="")))
-    settings = make_settings(state_dir, **{"postgres.password": secret, "server.start_timeout": 900,
-                                           "server.env": {"PYTHONPATH": _pythonpath(hook)}})
+    settings = make_settings(
+        state_dir,
+        **{"postgres.password": secret, "server.start_timeout": 900, "server.env": {"PYTHONPATH": _pythonpath(hook)}},
+    )
     began = time.monotonic()
     with pytest.raises(UserError) as err:
         start_server(settings)
@@ -104,8 +111,9 @@ def test_server_ignoring_sigterm_is_sigkilled_and_its_port_freed(state_dir):
         message = stop_server(settings)
         assert message == f"stopped the server (pid {record.pid}, killed)"
         assert group_members(record.pgid) == []
-        assert all(not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-                   for pid in members)
+        assert all(
+            not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE for pid in members
+        )
         assert port_is_free(settings.server.host, settings.server.port)
         assert not ServerPaths.of(settings).pid_file.exists()
     finally:

@@ -17,10 +17,17 @@ def tiny_spec():
     spec = load_spec("quick")
     ops = {op: 1 for op in OPS}
     ops["log_metric"] = 4
-    return spec.scaled(name="tiny", ops=ops, concurrent_ops=None, clients=[1, 8], repetitions=2, seed_runs=5,
-                       warmup_clients=2,
-                       warmup={op: 1 for op in OPS},
-                       raw={"single_rows": 50, "batch_rows": 100, "batches": 3, "max_seconds": 1})
+    return spec.scaled(
+        name="tiny",
+        ops=ops,
+        concurrent_ops=None,
+        clients=[1, 8],
+        repetitions=2,
+        seed_runs=5,
+        warmup_clients=2,
+        warmup={op: 1 for op in OPS},
+        raw={"single_rows": 50, "batch_rows": 100, "batches": 3, "max_seconds": 1},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +62,7 @@ def test_every_cell_has_sane_numbers(bench):
     assert set(cells) == expected
     for key, cell in cells.items():
         assert cell["errors"] == 0, (key, doc["error_examples"])
-        assert cell["n"] >= 2, key                      # 2 repetitions (x clients)
+        assert cell["n"] >= 2, key  # 2 repetitions (x clients)
         assert 0 < cell["p50_ms"] <= cell["p95_ms"] <= cell["p99_ms"] <= cell["max_ms"] < 120_000, key
         assert cell["throughput"] > 0, key
     assert cells[("sqlite", "tuned", 8, "log_metric")]["n"] == 2 * 8 * 4
@@ -68,8 +75,9 @@ def test_ratios_targets_raw_and_environment(bench):
     kinds = {r["comparison"] for r in doc["ratios"]}
     assert kinds == {"tuned vs stock", "postgres vs sqlite"}
     assert all(len(r["p50_paired"]) == 2 for r in doc["ratios"])
-    assert {(r["backend"], r["store"]) for r in doc["raw"]} == {(b, s) for b in ("sqlite", "postgres")
-                                                                 for s in ("tuned", "stock")}
+    assert {(r["backend"], r["store"]) for r in doc["raw"]} == {
+        (b, s) for b in ("sqlite", "postgres") for s in ("tuned", "stock")
+    }
     assert all(r["rows_per_s"] > 0 and r["rows"] > 0 for r in doc["raw"])
     assert all(r["mlflow_over_raw"] > 0 for r in doc["mlflow_vs_raw"])
     env = doc["environment"]

@@ -97,8 +97,11 @@ def test_stale_postmaster_pid_is_recovered_without_losing_data(state_dir):
 
 def test_busy_port_is_reported_and_nothing_started(state_dir):
     settings = make_settings(state_dir, backend="postgres")
-    holder = subprocess.Popen(["python3", "-m", "http.server", str(settings.postgres.port), "--bind", "127.0.0.1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    holder = subprocess.Popen(
+        ["python3", "-m", "http.server", str(settings.postgres.port), "--bind", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert wait_until(lambda: not port_is_free("127.0.0.1", settings.postgres.port), timeout=10)
         with pytest.raises(UserError, match=rf"port {settings.postgres.port} .* in use by pid {holder.pid}"):
@@ -117,8 +120,9 @@ def test_missing_binaries_is_one_clear_error(state_dir, monkeypatch):
 
 
 def _wait_gone(pid):
-    assert wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
-                      timeout=10)
+    assert wait_until(
+        lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, timeout=10
+    )
 
 
 def test_postmaster_pid_naming_a_live_foreign_process_is_cleared_and_that_process_spared(state_dir):

@@ -22,7 +22,6 @@ from tests.support.settings import LiveServer, make_settings
 CHROMIUM = "/usr/bin/chromium"
 
 
-
 @pytest.fixture
 def healthy_server(state_dir):
     # One worker and no WAL: overwriting the database file in place must reach the server.
@@ -47,8 +46,12 @@ def test_healthy_server_passes_every_check_and_cleans_up(healthy_server, tmp_pat
 
     server = healthy_server
     report = run_checks(
-        server.url, report_dir=tmp_path, store_uri=server.store_uri, artifacts_dir=server.artifacts_dir,
-        browser=CHROMIUM, cleanup=True,
+        server.url,
+        report_dir=tmp_path,
+        store_uri=server.store_uri,
+        artifacts_dir=server.artifacts_dir,
+        browser=CHROMIUM,
+        cleanup=True,
     )
     statuses = {c.name: (c.status, c.reason) for c in report.checks}
     ui_expected = PASS if os.path.isfile(CHROMIUM) else SKIPPED
@@ -68,7 +71,10 @@ def test_healthy_server_passes_every_check_and_cleans_up(healthy_server, tmp_pat
 def test_unwritable_artifact_destination_fails_artifact_and_model(unwritable_artifacts_server, tmp_path):
     server = unwritable_artifacts_server
     report = run_checks(
-        server.url, report_dir=tmp_path, store_uri=server.store_uri, artifacts_dir=server.artifacts_dir,
+        server.url,
+        report_dir=tmp_path,
+        store_uri=server.store_uri,
+        artifacts_dir=server.artifacts_dir,
         browser="/nonexistent/chromium",
     )
     checks = by_name(report)
@@ -96,15 +102,22 @@ def test_database_lost_mid_run_fails_the_checks_after_it(healthy_server, tmp_pat
                 db.write(os.urandom(size))
 
     report = run_checks(
-        server.url, report_dir=tmp_path, store_uri=server.store_uri, artifacts_dir=server.artifacts_dir,
-        browser=None, on_result=wreck_database_after_metrics,
+        server.url,
+        report_dir=tmp_path,
+        store_uri=server.store_uri,
+        artifacts_dir=server.artifacts_dir,
+        browser=None,
+        on_result=wreck_database_after_metrics,
     )
     checks = by_name(report)
     assert [checks[n].status for n in ("experiment", "params", "metrics")] == [PASS] * 3
     for name in ("dataset", "artifact", "model"):
         assert checks[name].status == FAIL
         assert "database failed" in checks[name].reason and "not a database" in checks[name].reason, name
-    assert checks["storage"].status == FAIL and f"{server.settings.sqlite_file}: file is not a database" in checks["storage"].reason
+    assert (
+        checks["storage"].status == FAIL
+        and f"{server.settings.sqlite_file}: file is not a database" in checks["storage"].reason
+    )
 
 
 @pytest.mark.integration
@@ -114,8 +127,12 @@ def test_healthy_postgres_server_passes_every_check(request, tmp_path):
     except pytest.FixtureLookupError:
         pytest.skip("no postgres_server fixture in tests/conftest.py")
     report = run_checks(
-        server.url, report_dir=tmp_path, store_uri=server.store_uri, artifacts_dir=server.artifacts_dir,
-        browser=CHROMIUM, cleanup=True,
+        server.url,
+        report_dir=tmp_path,
+        store_uri=server.store_uri,
+        artifacts_dir=server.artifacts_dir,
+        browser=CHROMIUM,
+        cleanup=True,
     )
     statuses = {c.name: (c.status, c.reason) for c in report.checks}
     assert statuses.pop("web UI")[0] == (PASS if os.path.isfile(CHROMIUM) else SKIPPED)

@@ -17,9 +17,16 @@ pytestmark = pytest.mark.integration
 
 def full_check(state_dir, *args, extra_env=None, **popen):
     env = {**hermetic_env(state_dir), **(extra_env or {})}
-    return subprocess.Popen([sys.executable, "-m", "invoke", "full-check", "--profile", "ci", *args],
-                            cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "invoke", "full-check", "--profile", "ci", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        **popen,
+    )
 
 
 def leftovers(state_dir, group=None):
@@ -30,8 +37,11 @@ def leftovers(state_dir, group=None):
         try:
             if proc.status() == psutil.STATUS_ZOMBIE:
                 continue
-            if (proc.cwd().startswith(str(state_dir)) or str(state_dir) in " ".join(proc.cmdline())
-                    or os.getpgid(proc.pid) == group):
+            if (
+                proc.cwd().startswith(str(state_dir))
+                or str(state_dir) in " ".join(proc.cmdline())
+                or os.getpgid(proc.pid) == group
+            ):
                 found.append(proc)
         except psutil.Error:
             continue
@@ -39,8 +49,12 @@ def leftovers(state_dir, group=None):
 
 
 def test_database_that_cannot_start_fails_the_pipeline_by_name(state_dir):
-    proc = full_check(state_dir, "--backend", "postgres",
-                      extra_env={"MLFLOW_OPS_POSTGRES__LOCAL__PARAMETERS": "{shared_buffers: nonsense}"})
+    proc = full_check(
+        state_dir,
+        "--backend",
+        "postgres",
+        extra_env={"MLFLOW_OPS_POSTGRES__LOCAL__PARAMETERS": "{shared_buffers: nonsense}"},
+    )
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, out + err
     assert "full-check FAILED: [postgres] db.start: PostgreSQL failed to start" in err

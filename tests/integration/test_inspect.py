@@ -85,8 +85,11 @@ def test_tables_schema_and_registry(filled):
     report = full_report(server, sections=["tables", "schema", "registry"], with_schema=True)
     tables = {t["table"]: t for t in report["tables"]}
     assert len(tables) == 65 and tables["runs"]["rows"] >= 3
-    assert tables["metrics"]["primary_key"] and {"columns": ["run_uuid"], "references": "runs",
-                                                  "parent_columns": ["run_uuid"]} in tables["metrics"]["foreign_keys"]
+    assert (
+        tables["metrics"]["primary_key"]
+        and {"columns": ["run_uuid"], "references": "runs", "parent_columns": ["run_uuid"]}
+        in tables["metrics"]["foreign_keys"]
+    )
     with open_store(server.store_uri) as store:
         assert tables["metrics"]["rows"] == store.scalar("SELECT count(*) FROM metrics")
     assert report["schema"]["state"] == "up to date"
@@ -100,8 +103,10 @@ def test_tables_schema_and_registry(filled):
 def test_planted_orphan_row_and_artifact_folder_are_found(filled):
     server, logged = filled
     clean = full_report(server, sections=["integrity"])["integrity"]
-    with orphan_param_row(server.store_uri) as bogus_run, \
-            orphan_artifact_folder(server.artifacts_dir, logged["experiment_id"]) as folder:
+    with (
+        orphan_param_row(server.store_uri) as bogus_run,
+        orphan_artifact_folder(server.artifacts_dir, logged["experiment_id"]) as folder,
+    ):
         report = full_report(server, sections=["integrity", "sizes"])
     orphans = report["integrity"]["orphans"]
     [params] = [o for o in orphans if o["table"] == "params"]
@@ -161,10 +166,16 @@ def test_wrong_password_is_one_line(postgres_server):
 @pytest.mark.integration
 def test_postgres_reader_is_one_read_only_snapshot_that_survives_a_failed_section(postgres_server):
     with open_store(postgres_server.store_uri) as store:
-        settings = {name: store.scalar(f"SHOW {name}") for name in
-                    ("transaction_read_only", "transaction_isolation", "application_name", "lock_timeout")}
-        assert settings == {"transaction_read_only": "on", "transaction_isolation": "repeatable read",
-                            "application_name": "mlflow-ops inspect", "lock_timeout": "10s"}
+        settings = {
+            name: store.scalar(f"SHOW {name}")
+            for name in ("transaction_read_only", "transaction_isolation", "application_name", "lock_timeout")
+        }
+        assert settings == {
+            "transaction_read_only": "on",
+            "transaction_isolation": "repeatable read",
+            "application_name": "mlflow-ops inspect",
+            "lock_timeout": "10s",
+        }
         started = store.scalar("SELECT now()")  # the transaction's start time
         with pytest.raises(SQLAlchemyError, match="no_such_table"), store.section():
             store.rows("SELECT * FROM no_such_table WHERE id = :id", {"id": 1})
@@ -185,6 +196,11 @@ def test_postgres_integrity_lists_unvalidated_keys_and_invalid_indexes(postgres_
     assert found["unvalidated_foreign_keys"] == [f"{SCRATCH_FK} ({SCRATCH_CHILD})"]
     assert found["invalid_indexes"] == [f"{SCRATCH_INDEX} ({SCRATCH_CHILD})"]
     [orphan] = [o for o in found["orphans"] if o["table"] == SCRATCH_CHILD]
-    assert (orphan["name"], orphan["columns"], orphan["rows"], orphan["sample"]) == (SCRATCH_FK, ["parent_id"], 1, [[42]])
+    assert (orphan["name"], orphan["columns"], orphan["rows"], orphan["sample"]) == (
+        SCRATCH_FK,
+        ["parent_id"],
+        1,
+        [[42]],
+    )
     shown = render({"store": "s", "dialect": "postgresql", "integrity": found})
     assert f"foreign keys not validated: {SCRATCH_FK}" in shown and f"invalid indexes: {SCRATCH_INDEX}" in shown

@@ -25,9 +25,11 @@ def search(url, auth=None):
     headers = {"Content-Type": "application/json"}
     if auth:
         import base64
+
         headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-    req = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/search", data=json.dumps({"max_results": 1}).encode(),
-                                 headers=headers)
+    req = urllib.request.Request(
+        f"{url}/api/2.0/mlflow/experiments/search", data=json.dumps({"max_results": 1}).encode(), headers=headers
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status

@@ -30,8 +30,9 @@ def server_settings(request, state_dir):
     if request.param == "sqlite":
         return make_settings(state_dir, backend="sqlite")
     pg = request.getfixturevalue("pg_settings")
-    return make_settings(state_dir, backend="postgres", **{"postgres.port": pg.postgres.port,
-                                                           "postgres.password": PG_PASSWORD})
+    return make_settings(
+        state_dir, backend="postgres", **{"postgres.port": pg.postgres.port, "postgres.password": PG_PASSWORD}
+    )
 
 
 def test_run_survives_a_restart(server_settings):
@@ -66,14 +67,18 @@ def test_run_survives_a_restart(server_settings):
 
 def test_sqlite_file_is_put_in_wal_mode(sqlite_server):
     import sqlite3
+
     with sqlite3.connect(sqlite_server.settings.sqlite_file) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_busy_port_is_reported_and_nothing_adopted(state_dir):
     settings = make_settings(state_dir)
-    holder = subprocess.Popen([sys.executable, "-m", "http.server", str(settings.server.port), "--bind", "127.0.0.1"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(settings.server.port), "--bind", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert wait_until(lambda: not port_is_free("127.0.0.1", settings.server.port), timeout=10)
         with pytest.raises(UserError, match=rf"in use by pid {holder.pid} .*http.server"):
@@ -94,7 +99,9 @@ def test_server_dying_at_start_is_reported_at_once_with_its_log(state_dir):
 
 def test_postgres_down_fails_clearly_or_falls_back_loudly(state_dir):
     settings = make_settings(state_dir, backend="postgres", **{"postgres.password": "x"})
-    with pytest.raises(UserError, match=r"PostgreSQL is not usable \(nothing answers at .*\); run `inv db.start` first"):
+    with pytest.raises(
+        UserError, match=r"PostgreSQL is not usable \(nothing answers at .*\); run `inv db.start` first"
+    ):
         start_server(settings)
     settings.server.fallback_to_sqlite = True
     result = start_server(settings)
@@ -109,8 +116,18 @@ def test_stale_pid_file_is_detected_and_cleared(state_dir):
     settings = make_settings(state_dir)
     pid_file = ServerPaths.of(settings).pid_file
     # A pid that exists but is not ours (our own test process, with another start time).
-    ServerRecord(pid=os.getpid(), pgid=os.getpgid(0), create_time=1.0, started_at=0.0, backend="sqlite",
-                 host="127.0.0.1", port=1, url="http://127.0.0.1:1", store="sqlite:///x", log="x").write(pid_file)
+    ServerRecord(
+        pid=os.getpid(),
+        pgid=os.getpgid(0),
+        create_time=1.0,
+        started_at=0.0,
+        backend="sqlite",
+        host="127.0.0.1",
+        port=1,
+        url="http://127.0.0.1:1",
+        store="sqlite:///x",
+        log="x",
+    ).write(pid_file)
     assert server_status(settings) == {"running": False}
     assert not pid_file.exists()
     pid_file.write_text(json.dumps({"garbage": True}))

@@ -20,23 +20,43 @@ def hermetic_env(state_dir: Path, **values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_OPS_")}
     config = state_dir / "hermetic.yaml"
     if not config.exists():
-        config.write_text(f"# written by the fault tests\nserver: {{port: {free_port()}}}\n"
-                          f"postgres: {{port: {free_port()}, provider: local}}\n")
-    env.update({"MLFLOW_OPS_STATE_DIR": str(state_dir), "MLFLOW_OPS_CONFIG": str(config),
-                "MLFLOW_OPS_SERVER__START_TIMEOUT": "300", "MLFLOW_OPS_POSTGRES__START_TIMEOUT": "120"})
+        config.write_text(
+            f"# written by the fault tests\nserver: {{port: {free_port()}}}\n"
+            f"postgres: {{port: {free_port()}, provider: local}}\n"
+        )
+    env.update(
+        {
+            "MLFLOW_OPS_STATE_DIR": str(state_dir),
+            "MLFLOW_OPS_CONFIG": str(config),
+            "MLFLOW_OPS_SERVER__START_TIMEOUT": "300",
+            "MLFLOW_OPS_POSTGRES__START_TIMEOUT": "120",
+        }
+    )
     env.update({f"MLFLOW_OPS_{k.upper()}": str(v) for k, v in values.items()})
     return env
 
 
 def inv(*args: str, env: dict[str, str], timeout: float = 400) -> subprocess.CompletedProcess:
     """`python -m invoke ARGS` from the repository root."""
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=PROJECT_ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def inv_popen(*args: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "invoke", *args], cwd=PROJECT_ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "invoke", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def processes_in(folder: Path) -> list[psutil.Process]:

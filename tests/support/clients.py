@@ -60,8 +60,12 @@ class Clients:
         self.logs = []
         for i in range(count):
             out = folder / f"client-{i}.log"
-            proc = subprocess.Popen([sys.executable, str(CLIENT), url, str(out), str(self.stop_file), f"client-{i}",
-                                     str(max_steps)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            proc = subprocess.Popen(
+                [sys.executable, str(CLIENT), url, str(out), str(self.stop_file), f"client-{i}", str(max_steps)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
             self.logs.append(ClientLog(f"client-{i}", out, proc))
 
     def refresh(self) -> list[ClientLog]:
@@ -69,11 +73,13 @@ class Clients:
 
     def wait_for(self, condition, timeout: float) -> bool:
         """Poll until condition(log) holds for every client (or one client gives up)."""
+
         def check():
             logs = self.refresh()
             if any(log.setup_failed or (log.proc.poll() not in (None, 0)) for log in logs):
                 return True
             return all(condition(log) for log in logs)
+
         return wait_until(check, timeout=timeout, interval=0.2) and all(condition(log) for log in self.refresh())
 
     def join(self, timeout: float = 240) -> list[ClientLog]:
@@ -125,5 +131,3 @@ def lost_acknowledged(logs: list[ClientLog], settings: Settings) -> dict[str, li
     """For each client, the steps whose call returned success but are not in the store."""
     stored = stored_steps(settings, [log.run_id for log in logs])
     return {log.name: sorted(log.ok - stored[log.run_id]) for log in logs if log.ok - stored[log.run_id]}
-
-

@@ -18,8 +18,10 @@ def _response(status: int) -> requests.Response:
 
 def no_engine():
     """What docker.from_env() raises on a machine with the client but no engine."""
-    raise DockerException("Error while fetching server API version: ('Connection aborted.', "
-                          "FileNotFoundError(2, 'No such file or directory'))")
+    raise DockerException(
+        "Error while fetching server API version: ('Connection aborted.', "
+        "FileNotFoundError(2, 'No such file or directory'))"
+    )
 
 
 class FakeContainer:
@@ -91,8 +93,11 @@ class _Containers:
         try:
             return self.engine.containers_by_name[name]
         except KeyError:
-            raise NotFound(f"404 Client Error: Not Found (\"No such container: {name}\")",
-                           response=_response(404), explanation=f"No such container: {name}") from None
+            raise NotFound(
+                f'404 Client Error: Not Found ("No such container: {name}")',
+                response=_response(404),
+                explanation=f"No such container: {name}",
+            ) from None
 
     def run(self, image, name=None, detach=False, labels=None, volumes=None, **kwargs):
         engine = self.engine
@@ -102,10 +107,14 @@ class _Containers:
         if engine.race_on_create:
             engine.add_container(name, labels, status="running")
         if name in engine.containers_by_name:
-            raise APIError(f"409 Client Error: Conflict (\"Conflict. The container name \"/{name}\" is already in use\")",
-                           response=_response(409), explanation=f"The container name \"/{name}\" is already in use")
-        container = FakeContainer(engine, name, image, labels or {}, health=engine.health, exits=engine.exits,
-                                  volumes=volumes, **kwargs)
+            raise APIError(
+                f'409 Client Error: Conflict ("Conflict. The container name "/{name}" is already in use")',
+                response=_response(409),
+                explanation=f'The container name "/{name}" is already in use',
+            )
+        container = FakeContainer(
+            engine, name, image, labels or {}, health=engine.health, exits=engine.exits, volumes=volumes, **kwargs
+        )
         engine.containers_by_name[name] = container
         engine.volumes_by_name.update(volumes or {})
         container.start()
@@ -118,16 +127,22 @@ class _Images:
 
     def get(self, name):
         if name not in self.engine.images_present:
-            raise ImageNotFound(f"404 Client Error: Not Found (\"No such image: {name}\")",
-                                response=_response(404), explanation=f"No such image: {name}")
+            raise ImageNotFound(
+                f'404 Client Error: Not Found ("No such image: {name}")',
+                response=_response(404),
+                explanation=f"No such image: {name}",
+            )
         return name
 
     def pull(self, repository, tag=None, **kwargs):
         self.engine.calls.append(("pull", repository))
         if repository not in self.engine.pullable:
-            raise NotFound(f"404 Client Error: Not Found (\"pull access denied for {repository}, repository "
-                           "does not exist or may require 'docker login'\")", response=_response(404),
-                           explanation=f"pull access denied for {repository}, repository does not exist")
+            raise NotFound(
+                f'404 Client Error: Not Found ("pull access denied for {repository}, repository '
+                "does not exist or may require 'docker login'\")",
+                response=_response(404),
+                explanation=f"pull access denied for {repository}, repository does not exist",
+            )
         self.engine.images_present.add(repository)
         return repository
 

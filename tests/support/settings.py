@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.processes import free_port
@@ -26,8 +26,14 @@ def make_state_dir() -> Path:
 
 def make_settings(state_dir: Path, **overrides) -> Settings:
     """Settings from the project's YAML, isolated from the user's env and config/local.yaml."""
-    values = {"state_dir": str(state_dir), "server.port": free_port(), "postgres.port": free_port(),
-              "postgres.provider": "local", "server.start_timeout": 180, "postgres.start_timeout": 120}
+    values = {
+        "state_dir": str(state_dir),
+        "server.port": free_port(),
+        "postgres.port": free_port(),
+        "postgres.provider": "local",
+        "server.start_timeout": 180,
+        "postgres.start_timeout": 120,
+    }
     values.update(overrides)
     return load_settings(overrides=values, environ={}, local_file=False).settings
 
@@ -36,7 +42,7 @@ def make_settings(state_dir: Path, **overrides) -> Settings:
 class LiveServer:
     settings: Settings
     url: str
-    store_uri: str          # with the password: for tests only
+    store_uri: str  # with the password: for tests only
     artifacts_dir: Path
 
 
@@ -45,7 +51,8 @@ def live_server(settings: Settings) -> Iterator[LiveServer]:
     """A real server on settings, stopped (whole process group) when the block ends."""
     start_server(settings)
     try:
-        yield LiveServer(settings, settings.server.url, backend_store_uri(settings, reveal=True),
-                         settings.artifacts_dir)
+        yield LiveServer(
+            settings, settings.server.url, backend_store_uri(settings, reveal=True), settings.artifacts_dir
+        )
     finally:
         stop_server(settings)

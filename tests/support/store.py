@@ -50,8 +50,14 @@ def fill_store(server_url: str, experiment_name: str) -> dict:
     client.create_registered_model(model)
     version = client.create_model_version(model, source=f"{finished.info.artifact_uri}/notes", run_id=run_id)
     client.set_registered_model_alias(model, "champion", version.version)
-    return {"experiment_id": exp_id, "finished": run_id, "failed": failed, "stale": stale, "model": model,
-            "version": int(version.version)}
+    return {
+        "experiment_id": exp_id,
+        "finished": run_id,
+        "failed": failed,
+        "stale": stale,
+        "model": model,
+        "version": int(version.version),
+    }
 
 
 @contextlib.contextmanager
@@ -100,8 +106,10 @@ def pg_unvalidated_key_and_invalid_index(store_uri: str) -> Iterator[None]:
             cur.execute(f"CREATE TABLE {SCRATCH_PARENT} (id int PRIMARY KEY)")
             cur.execute(f"CREATE TABLE {SCRATCH_CHILD} (id int PRIMARY KEY, parent_id int, note text)")
             cur.execute(f"INSERT INTO {SCRATCH_CHILD} VALUES (1, 42, 'twice'), (2, NULL, 'twice')")
-            cur.execute(f"ALTER TABLE {SCRATCH_CHILD} ADD CONSTRAINT {SCRATCH_FK} "
-                        f"FOREIGN KEY (parent_id) REFERENCES {SCRATCH_PARENT} NOT VALID")
+            cur.execute(
+                f"ALTER TABLE {SCRATCH_CHILD} ADD CONSTRAINT {SCRATCH_FK} "
+                f"FOREIGN KEY (parent_id) REFERENCES {SCRATCH_PARENT} NOT VALID"
+            )
             with pytest.raises(psycopg2.errors.UniqueViolation):
                 cur.execute(f"CREATE UNIQUE INDEX CONCURRENTLY {SCRATCH_INDEX} ON {SCRATCH_CHILD} (note)")
         yield
@@ -153,8 +161,7 @@ def store_fingerprint(store_uri: str) -> dict:
 def _pg_connect(url):
     import psycopg2
 
-    return psycopg2.connect(host=url.host, port=url.port, user=url.username, password=url.password,
-                            dbname=url.database)
+    return psycopg2.connect(host=url.host, port=url.port, user=url.username, password=url.password, dbname=url.database)
 
 
 def with_password(store_uri: str, password: str) -> str:

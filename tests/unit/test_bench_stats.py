@@ -20,16 +20,19 @@ from tasks.libs.bench.stats import (
 from tasks.libs.bench.workload import OPS, SpecError, load_spec
 
 
-@pytest.mark.parametrize("values, q, expected", [
-    ([1, 2, 3, 4], 50, 2.5),
-    ([1, 2, 3, 4, 5], 50, 3),
-    ([5, 1, 4, 2, 3], 0, 1),
-    ([5, 1, 4, 2, 3], 100, 5),
-    ([7], 99, 7),
-    (list(range(1, 101)), 95, 95.05),
-    (list(range(1, 101)), 99, 99.01),
-    ([10, 20], 25, 12.5),
-])
+@pytest.mark.parametrize(
+    "values, q, expected",
+    [
+        ([1, 2, 3, 4], 50, 2.5),
+        ([1, 2, 3, 4, 5], 50, 3),
+        ([5, 1, 4, 2, 3], 0, 1),
+        ([5, 1, 4, 2, 3], 100, 5),
+        ([7], 99, 7),
+        (list(range(1, 101)), 95, 95.05),
+        (list(range(1, 101)), 99, 99.01),
+        ([10, 20], 25, 12.5),
+    ],
+)
 def test_percentile_interpolates_between_ranks(values, q, expected):
     assert percentile(values, q) == pytest.approx(expected)
 
@@ -80,7 +83,7 @@ def test_cell_stats_pools_repetitions():
     cell = cell_stats([_rep([10, 20], 100, 1), _rep([30, 40], 50), _rep([50], 80)])
     assert cell["n"] == 5 and cell["errors"] == 1
     assert cell["p50_ms"] == pytest.approx(30)
-    assert cell["throughput"] == 80            # median over repetitions
+    assert cell["throughput"] == 80  # median over repetitions
     assert cell["rep_p50_ms"] == pytest.approx([15, 35, 50])
 
 
@@ -101,8 +104,8 @@ def test_compare_cells_pairs_twins_only():
     by = {(r["backend"], r["clients"], r["op"]): r for r in rows}
     assert set(by) == {("sqlite", 1, "log_metric"), ("sqlite", 8, "log_metric"), ("sqlite", 1, "log_batch_1000")}
     one = by[("sqlite", 1, "log_metric")]
-    assert one["p50_ratio"] == pytest.approx(49 / 11)          # pooled p50s: 49 ms vs 11 ms
-    assert one["p50_paired"] == pytest.approx([5.0, 4.0])      # rep 1: 50/10, rep 2: 48/12
+    assert one["p50_ratio"] == pytest.approx(49 / 11)  # pooled p50s: 49 ms vs 11 ms
+    assert one["p50_paired"] == pytest.approx([5.0, 4.0])  # rep 1: 50/10, rep 2: 48/12
     assert by[("sqlite", 8, "log_metric")]["throughput_ratio"] == pytest.approx(2.0)
     pg = compare_cells(_cells(), key_a={"backend": "postgres"}, key_b={"backend": "sqlite"}, label="pg vs sqlite")
     assert len(pg) == 1 and pg[0]["p50_ratio"] == pytest.approx(11 / 20)
@@ -111,17 +114,19 @@ def test_compare_cells_pairs_twins_only():
 def test_targets_met_and_missed():
     targets = {(t["backend"], t["op"], t["clients"]): t for t in evaluate_targets(_cells(), ["sqlite", "postgres"])}
     metric1 = targets[("sqlite", "log_metric", 1)]
-    assert metric1["value"] == pytest.approx(49 / 11) and metric1["met"]       # >= 4x
-    assert targets[("sqlite", "log_metric", 8)]["met"]                         # 300/150 = 2 >= 1.5
+    assert metric1["value"] == pytest.approx(49 / 11) and metric1["met"]  # >= 4x
+    assert targets[("sqlite", "log_metric", 8)]["met"]  # 300/150 = 2 >= 1.5
     batch = targets[("sqlite", "log_batch_1000", 1)]
-    assert batch["value"] == pytest.approx(1.1) and not batch["met"]           # < 1.2x
-    missing = targets[("postgres", "log_metric", 1)]                           # no stock twin
+    assert batch["value"] == pytest.approx(1.1) and not batch["met"]  # < 1.2x
+    missing = targets[("postgres", "log_metric", 1)]  # no stock twin
     assert math.isnan(missing["value"]) and not missing["met"]
 
 
 def test_mlflow_vs_raw_uses_rows_per_second():
-    raw = [{"backend": "sqlite", "store": "tuned", "mode": "1 row/commit", "rows_per_s": 1000.0},
-           {"backend": "sqlite", "store": "tuned", "mode": "1000 rows/commit", "rows_per_s": 100_000.0}]
+    raw = [
+        {"backend": "sqlite", "store": "tuned", "mode": "1 row/commit", "rows_per_s": 1000.0},
+        {"backend": "sqlite", "store": "tuned", "mode": "1000 rows/commit", "rows_per_s": 100_000.0},
+    ]
     rows = {r["what"]: r for r in mlflow_vs_raw(_cells(), raw)}
     assert rows["log_metric, 1 client(s)"]["mlflow_over_raw"] == pytest.approx(95 / 1000)
     assert rows["log_metric, 8 client(s)"]["mlflow_over_raw"] == pytest.approx(0.3)
@@ -131,9 +136,21 @@ def test_mlflow_vs_raw_uses_rows_per_second():
 
 def test_compare_reads_two_documents(tmp_path):
     def doc(p50, tp):
-        return {"meta": {"preset": "quick", "started_at": "2026-01-01T00:00:00"},
-                "cells": [{"backend": "sqlite", "setup": "tuned", "clients": 1, "op": "log_metric",
-                           "p50_ms": p50, "throughput": tp, "errors": 0}]}
+        return {
+            "meta": {"preset": "quick", "started_at": "2026-01-01T00:00:00"},
+            "cells": [
+                {
+                    "backend": "sqlite",
+                    "setup": "tuned",
+                    "clients": 1,
+                    "op": "log_metric",
+                    "p50_ms": p50,
+                    "throughput": tp,
+                    "errors": 0,
+                }
+            ],
+        }
+
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "results.json").write_text(json.dumps(doc(10.0, 100.0)))
     rows = bench_report.compare(bench_report.load_results(tmp_path / "a"), doc(5.0, None))
@@ -154,8 +171,9 @@ def test_presets_load_and_cover_every_operation():
 
 def test_spec_refuses_unknown_operations(tmp_path):
     path = tmp_path / "w.yaml"
-    path.write_text("presets:\n  x:\n    repetitions: 1\n    clients: [1]\n    seed_runs: 1\n"
-                    "    ops: {log_metrics: 3}\n")
+    path.write_text(
+        "presets:\n  x:\n    repetitions: 1\n    clients: [1]\n    seed_runs: 1\n    ops: {log_metrics: 3}\n"
+    )
     with pytest.raises(SpecError, match="unknown operation"):
         load_spec("x", path)
 

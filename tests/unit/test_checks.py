@@ -32,7 +32,6 @@ from tests.support.checks import by_name, dead_url
 CHROMIUM = "/usr/bin/chromium"
 
 
-
 # --- no server, runner, reports ---------------------------------------------------------
 
 
@@ -179,7 +178,9 @@ def test_describe_error_strips_sql_and_names_http_status():
     sql_error = MlflowishError(
         "BAD_REQUEST: (sqlite3.DatabaseError) file is not a database\n[SQL: SELECT runs.run_uuid FROM runs]"
     )
-    assert describe_error(sql_error, "u") == "the server's database failed: (sqlite3.DatabaseError) file is not a database"
+    assert (
+        describe_error(sql_error, "u") == "the server's database failed: (sqlite3.DatabaseError) file is not a database"
+    )
     http_error = MlflowishError(
         "API request to http://h:1/api/2.0/mlflow-artifacts/artifacts/x failed with exception "
         "HTTPConnectionPool(host='h', port=1): Max retries exceeded (Caused by ResponseError('too many 500 error responses'))"
@@ -260,5 +261,3 @@ def test_web_ui_check_is_skipped_without_a_browser():
 
 
 # --- real servers, healthy and broken ---------------------------------------------------------
-
-

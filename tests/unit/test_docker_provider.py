@@ -15,14 +15,20 @@ OURS = {LABEL: ROLE}
 
 @pytest.fixture
 def settings(state_dir):
-    return make_settings(state_dir, backend="postgres", **{"postgres.provider": "docker", "postgres.password": "pw",
-                                                           "postgres.start_timeout": 5})
+    return make_settings(
+        state_dir,
+        backend="postgres",
+        **{"postgres.provider": "docker", "postgres.password": "pw", "postgres.start_timeout": 5},
+    )
 
 
 def provider(settings, engine):
     ready_calls = []
-    db = DockerPostgres(settings, client_factory=lambda: engine,
-                        database_ready=lambda s, timeout: ready_calls.append(s.postgres.password.get_secret_value()))
+    db = DockerPostgres(
+        settings,
+        client_factory=lambda: engine,
+        database_ready=lambda s, timeout: ready_calls.append(s.postgres.password.get_secret_value()),
+    )
     return db, ready_calls
 
 

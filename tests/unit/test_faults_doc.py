@@ -18,8 +18,11 @@ def named_tests() -> set[str]:
 def _test_names_in(path) -> set[str]:
     tree = ast.parse(path.read_text())
     rel = path.relative_to(PROJECT_ROOT)
-    return {f"{rel}::{node.name}" for node in tree.body
-            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")}
+    return {
+        f"{rel}::{node.name}"
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
+    }
 
 
 def test_every_named_test_exists():

@@ -152,4 +152,3 @@ def test_journal_mode_comes_from_the_file_header(tmp_path):
     conn.close()
     assert sqlite_journal_mode(path) == "wal"
     assert [p.name for p in tmp_path.iterdir()] == ["journal.db"]  # reading the mode left no side files
-

@@ -1,6 +1,5 @@
 """Security defaults: loopback only, private state files, opt-in basic auth, no secret leaks."""
 
-
 import pytest
 
 from tasks.libs.core.errors import ConfigError
@@ -19,5 +18,3 @@ def test_defaults_bind_loopback_only(state_dir):
 def test_mlflow_old_default_admin_password_is_refused(state_dir):
     with pytest.raises(ConfigError, match="old default admin password"):
         make_settings(state_dir, **{"server.auth.admin_password": "password1234"})
-
-

@@ -20,8 +20,7 @@ def comparable(settings: Settings) -> tuple[list[str], dict[str, str]]:
     """The server's argv and the MLFLOW_* environment it gets, ports, paths and the store aside."""
     state, port = str(settings.state_path), str(settings.server.port)
     argv = [arg.replace(state, "<state>").replace(port, "<port>") for arg in server_command(settings)]
-    env = {k: v for k, v in server_env(settings).items()
-           if k.startswith("MLFLOW_") and k != "MLFLOW_BACKEND_STORE_URI"}
+    env = {k: v for k, v in server_env(settings).items() if k.startswith("MLFLOW_") and k != "MLFLOW_BACKEND_STORE_URI"}
     return argv, env
 
 

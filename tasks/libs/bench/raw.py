@@ -25,8 +25,9 @@ def _rows(start: int, count: int) -> list[tuple]:
     return [(f"raw_{i % 20}", float(i), now, "0" * 32, start + i, False) for i in range(count)]
 
 
-def _measure(insert_one, insert_many, commit, *, single_rows: int, batch_rows: int, batches: int,
-             max_seconds: float) -> list[dict]:
+def _measure(
+    insert_one, insert_many, commit, *, single_rows: int, batch_rows: int, batches: int, max_seconds: float
+) -> list[dict]:
     out = []
     began, done = time.perf_counter(), 0
     for i in range(int(single_rows)):
@@ -45,8 +46,9 @@ def _measure(insert_one, insert_many, commit, *, single_rows: int, batch_rows: i
         if time.perf_counter() - began > max_seconds:
             break
     secs = time.perf_counter() - began
-    out.append({"mode": f"{batch_rows} rows/commit", "rows": done, "seconds": secs,
-                "rows_per_s": done / secs if secs else 0.0})
+    out.append(
+        {"mode": f"{batch_rows} rows/commit", "rows": done, "seconds": secs, "rows_per_s": done / secs if secs else 0.0}
+    )
     return out
 
 
@@ -55,13 +57,16 @@ def raw_sqlite(path: Path, **limits) -> list[dict]:
     conn = sqlite3.connect(path, timeout=20)
     try:
         conn.execute("PRAGMA busy_timeout = 20000")
-        conn.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (key VARCHAR(250) NOT NULL, value FLOAT NOT NULL, "
-                     "timestamp BIGINT NOT NULL, run_uuid VARCHAR(32) NOT NULL, step BIGINT NOT NULL, "
-                     "is_nan BOOLEAN NOT NULL)")
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {TABLE} (key VARCHAR(250) NOT NULL, value FLOAT NOT NULL, "
+            "timestamp BIGINT NOT NULL, run_uuid VARCHAR(32) NOT NULL, step BIGINT NOT NULL, "
+            "is_nan BOOLEAN NOT NULL)"
+        )
         conn.commit()
         sql = f"INSERT INTO {TABLE} {COLUMNS} VALUES (?, ?, ?, ?, ?, ?)"
-        result = _measure(lambda row: conn.execute(sql, row), lambda rows: conn.executemany(sql, rows),
-                          conn.commit, **limits)
+        result = _measure(
+            lambda row: conn.execute(sql, row), lambda rows: conn.executemany(sql, rows), conn.commit, **limits
+        )
         conn.execute(f"DROP TABLE {TABLE}")
         conn.commit()
         return result
@@ -75,15 +80,19 @@ def raw_postgres(conn, **limits) -> list[dict]:
 
     try:
         with conn.cursor() as cur:
-            cur.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (key VARCHAR(250) NOT NULL, value DOUBLE PRECISION "
-                        "NOT NULL, timestamp BIGINT NOT NULL, run_uuid VARCHAR(32) NOT NULL, step BIGINT NOT NULL, "
-                        "is_nan BOOLEAN NOT NULL)")
+            cur.execute(
+                f"CREATE TABLE IF NOT EXISTS {TABLE} (key VARCHAR(250) NOT NULL, value DOUBLE PRECISION "
+                "NOT NULL, timestamp BIGINT NOT NULL, run_uuid VARCHAR(32) NOT NULL, step BIGINT NOT NULL, "
+                "is_nan BOOLEAN NOT NULL)"
+            )
             conn.commit()
             sql = f"INSERT INTO {TABLE} {COLUMNS} VALUES (%s, %s, %s, %s, %s, %s)"
-            result = _measure(lambda row: cur.execute(sql, row),
-                              lambda rows: execute_values(cur, f"INSERT INTO {TABLE} {COLUMNS} VALUES %s", rows,
-                                                          page_size=len(rows)),
-                              conn.commit, **limits)
+            result = _measure(
+                lambda row: cur.execute(sql, row),
+                lambda rows: execute_values(cur, f"INSERT INTO {TABLE} {COLUMNS} VALUES %s", rows, page_size=len(rows)),
+                conn.commit,
+                **limits,
+            )
             cur.execute(f"DROP TABLE {TABLE}")
             conn.commit()
         return result
@@ -102,14 +111,25 @@ def postgres_version(conn) -> str:
 
 def environment() -> dict:
     """Versions and machine facts the numbers depend on."""
+
     def version(dist: str) -> str:
         try:
             return metadata.version(dist)
         except metadata.PackageNotFoundError:
             return "not installed"
 
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "mlflow": version("mlflow"), "sqlalchemy": version("sqlalchemy"),
-            "psycopg2": version("psycopg2-binary") if version("psycopg2-binary") != "not installed" else version("psycopg2"),
-            "sqlite": sqlite3.sqlite_version, "uvicorn": version("uvicorn"), "httptools": version("httptools"),
-            "uvloop": version("uvloop"), "scikit-learn": version("scikit-learn")}
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "mlflow": version("mlflow"),
+        "sqlalchemy": version("sqlalchemy"),
+        "psycopg2": version("psycopg2-binary")
+        if version("psycopg2-binary") != "not installed"
+        else version("psycopg2"),
+        "sqlite": sqlite3.sqlite_version,
+        "uvicorn": version("uvicorn"),
+        "httptools": version("httptools"),
+        "uvloop": version("uvloop"),
+        "scikit-learn": version("scikit-learn"),
+    }

@@ -20,8 +20,21 @@ from tasks.libs.bench.workload import OPS
 from tasks.libs.core.settings import PROJECT_ROOT
 
 RESULTS_ROOT = PROJECT_ROOT / "benchmarks" / "results"
-CSV_FIELDS = ("backend", "setup", "clients", "op", "n", "errors", "p50_ms", "p95_ms", "p99_ms", "mean_ms",
-              "max_ms", "throughput", "rows_per_s")
+CSV_FIELDS = (
+    "backend",
+    "setup",
+    "clients",
+    "op",
+    "n",
+    "errors",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "mean_ms",
+    "max_ms",
+    "throughput",
+    "rows_per_s",
+)
 FILES = ("results.json", "results.csv", "report.md", "chart.png")
 
 
@@ -37,21 +50,45 @@ def timing_rows(doc: dict) -> list[list[str]]:
         row = [backend, clients, op]
         pair = [cells.get((backend, s, clients, op)) for s in ("tuned", "stock")]
         for cell in pair:
-            row += ([fmt(cell["p50_ms"]), fmt(cell["p95_ms"]), fmt(cell["p99_ms"]), fmt(cell["throughput"]),
-                     cell["errors"]] if cell else ["-"] * 5)
+            row += (
+                [fmt(cell["p50_ms"]), fmt(cell["p95_ms"]), fmt(cell["p99_ms"]), fmt(cell["throughput"]), cell["errors"]]
+                if cell
+                else ["-"] * 5
+            )
         row.append(_times(ratio(pair[1]["p50_ms"], pair[0]["p50_ms"])) if all(pair) else "-")
         rows.append(row)
     return rows
 
 
-TIMING_HEADERS = ["backend", "clients", "op", "tuned p50 ms", "p95", "p99", "calls/s", "err",
-                  "stock p50 ms", "p95", "p99", "calls/s", "err", "stock/tuned p50"]
+TIMING_HEADERS = [
+    "backend",
+    "clients",
+    "op",
+    "tuned p50 ms",
+    "p95",
+    "p99",
+    "calls/s",
+    "err",
+    "stock p50 ms",
+    "p95",
+    "p99",
+    "calls/s",
+    "err",
+    "stock/tuned p50",
+]
 
 
 def target_rows(doc: dict) -> list[list[str]]:
-    return [[t["target"], t["backend"], f">= {t['threshold']}x", _times(t["value"]),
-             "MET" if t["met"] else ("NOT MEASURED" if _times(t["value"]) == "-" else "NOT MET")]
-            for t in doc["targets"]]
+    return [
+        [
+            t["target"],
+            t["backend"],
+            f">= {t['threshold']}x",
+            _times(t["value"]),
+            "MET" if t["met"] else ("NOT MEASURED" if _times(t["value"]) == "-" else "NOT MET"),
+        ]
+        for t in doc["targets"]
+    ]
 
 
 def _times(value) -> str:
@@ -60,14 +97,26 @@ def _times(value) -> str:
 
 
 def raw_rows(doc: dict) -> list[list[str]]:
-    return [[r["backend"], r["setup"], r["what"], fmt(r["mlflow_rows_per_s"], 0), r["raw_mode"],
-             fmt(r["raw_rows_per_s"], 0), fmt(100 * r["mlflow_over_raw"] if r["mlflow_over_raw"] else math.nan, 2) + "%"]
-            for r in doc["mlflow_vs_raw"]]
+    return [
+        [
+            r["backend"],
+            r["setup"],
+            r["what"],
+            fmt(r["mlflow_rows_per_s"], 0),
+            r["raw_mode"],
+            fmt(r["raw_rows_per_s"], 0),
+            fmt(100 * r["mlflow_over_raw"] if r["mlflow_over_raw"] else math.nan, 2) + "%",
+        ]
+        for r in doc["mlflow_vs_raw"]
+    ]
 
 
 def backend_rows(doc: dict) -> list[list[str]]:
-    return [[r["setup"], r["clients"], r["op"], fmt(r["p50_ratio"], 2), fmt(r["throughput_ratio"], 2)]
-            for r in doc["ratios"] if r["comparison"] == "postgres vs sqlite"]
+    return [
+        [r["setup"], r["clients"], r["op"], fmt(r["p50_ratio"], 2), fmt(r["throughput_ratio"], 2)]
+        for r in doc["ratios"]
+        if r["comparison"] == "postgres vs sqlite"
+    ]
 
 
 def terminal_report(doc: dict) -> str:
@@ -81,16 +130,28 @@ def terminal_report(doc: dict) -> str:
         "",
         tabulate(timing_rows(doc), headers=TIMING_HEADERS, disable_numparse=True),
         "",
-        tabulate(target_rows(doc), headers=["target (tuned vs stock)", "backend", "needs", "measured", ""],
-                 disable_numparse=True),
+        tabulate(
+            target_rows(doc),
+            headers=["target (tuned vs stock)", "backend", "needs", "measured", ""],
+            disable_numparse=True,
+        ),
         "",
-        tabulate(raw_rows(doc), headers=["backend", "set-up", "MLflow", "metric rows/s", "raw mode", "raw rows/s",
-                                         "MLflow/raw"], disable_numparse=True),
+        tabulate(
+            raw_rows(doc),
+            headers=["backend", "set-up", "MLflow", "metric rows/s", "raw mode", "raw rows/s", "MLflow/raw"],
+            disable_numparse=True,
+        ),
     ]
     if any(r["comparison"] == "postgres vs sqlite" for r in doc["ratios"]):
         slow = [r for r in backend_rows(doc) if r[1] == 1]
-        parts += ["", tabulate(slow, headers=["set-up", "clients", "op", "postgres/sqlite p50",
-                                              "postgres/sqlite calls/s"], disable_numparse=True)]
+        parts += [
+            "",
+            tabulate(
+                slow,
+                headers=["set-up", "clients", "op", "postgres/sqlite p50", "postgres/sqlite calls/s"],
+                disable_numparse=True,
+            ),
+        ]
     if doc["error_examples"]:
         parts += ["", "errors (first few):"] + [f"  {e}" for e in doc["error_examples"][:5]]
     return "\n".join(parts)
@@ -120,28 +181,61 @@ def write_outputs(doc: dict, root: Path | str | None = None) -> Path:
 
 def markdown(doc: dict) -> str:
     meta, env = doc["meta"], doc["environment"]
-    lines = [f"# mlflow-ops bench: preset `{meta['preset']}`", "",
-             f"Started {meta['started_at']}, {meta['duration_s']} s, {meta['spec']['repetitions']} repetitions "
-             f"interleaved, clients {meta['spec']['clients']} (each its own {meta['client_mode']} and run).", "",
-             "## Environment", "", tabulate(sorted(env.items()), headers=["what", "value"], tablefmt="github"), "",
-             "## Set-ups", ""]
+    lines = [
+        f"# mlflow-ops bench: preset `{meta['preset']}`",
+        "",
+        f"Started {meta['started_at']}, {meta['duration_s']} s, {meta['spec']['repetitions']} repetitions "
+        f"interleaved, clients {meta['spec']['clients']} (each its own {meta['client_mode']} and run).",
+        "",
+        "## Environment",
+        "",
+        tabulate(sorted(env.items()), headers=["what", "value"], tablefmt="github"),
+        "",
+        "## Set-ups",
+        "",
+    ]
     for s in doc["setups"]:
-        lines.append(f"- **{s['backend']} / {s['setup']}**: {s['how']}  \n  `{s['command']}`"
-                     + (f"  \n  env: `{s['env']}`" if s["env"] else "") + f"  \n  store: `{s['store']}`")
-    lines += ["", "## Targets (tuned vs stock)", "",
-              tabulate(target_rows(doc), headers=["target", "backend", "needs", "measured", "result"], tablefmt="github"),
-              "", "## Timings", "", "Latency in ms over all repetitions; calls/s is the median over repetitions of "
-              "a phase's successful calls / its wall time with all clients running.", "",
-              tabulate(timing_rows(doc), headers=TIMING_HEADERS, tablefmt="github", disable_numparse=True), "",
-              "## MLflow vs raw inserts into the same database", "",
-              tabulate(raw_rows(doc), headers=["backend", "set-up", "MLflow", "metric rows/s", "raw mode",
-                                               "raw rows/s", "MLflow/raw"], tablefmt="github", disable_numparse=True)]
+        lines.append(
+            f"- **{s['backend']} / {s['setup']}**: {s['how']}  \n  `{s['command']}`"
+            + (f"  \n  env: `{s['env']}`" if s["env"] else "")
+            + f"  \n  store: `{s['store']}`"
+        )
+    lines += [
+        "",
+        "## Targets (tuned vs stock)",
+        "",
+        tabulate(target_rows(doc), headers=["target", "backend", "needs", "measured", "result"], tablefmt="github"),
+        "",
+        "## Timings",
+        "",
+        "Latency in ms over all repetitions; calls/s is the median over repetitions of "
+        "a phase's successful calls / its wall time with all clients running.",
+        "",
+        tabulate(timing_rows(doc), headers=TIMING_HEADERS, tablefmt="github", disable_numparse=True),
+        "",
+        "## MLflow vs raw inserts into the same database",
+        "",
+        tabulate(
+            raw_rows(doc),
+            headers=["backend", "set-up", "MLflow", "metric rows/s", "raw mode", "raw rows/s", "MLflow/raw"],
+            tablefmt="github",
+            disable_numparse=True,
+        ),
+    ]
     if backend_rows(doc):
-        lines += ["", "## PostgreSQL vs SQLite", "", "p50 ratio > 1: PostgreSQL is slower; calls/s ratio > 1: "
-                  "PostgreSQL does more.", "",
-                  tabulate(backend_rows(doc), headers=["set-up", "clients", "op", "postgres/sqlite p50",
-                                                       "postgres/sqlite calls/s"], tablefmt="github",
-                           disable_numparse=True)]
+        lines += [
+            "",
+            "## PostgreSQL vs SQLite",
+            "",
+            "p50 ratio > 1: PostgreSQL is slower; calls/s ratio > 1: PostgreSQL does more.",
+            "",
+            tabulate(
+                backend_rows(doc),
+                headers=["set-up", "clients", "op", "postgres/sqlite p50", "postgres/sqlite calls/s"],
+                tablefmt="github",
+                disable_numparse=True,
+            ),
+        ]
     if doc["error_examples"]:
         lines += ["", "## Errors (first few)", ""] + [f"- `{e}`" for e in doc["error_examples"]]
     return "\n".join(lines) + "\n"
@@ -149,6 +243,7 @@ def markdown(doc: dict) -> str:
 
 def chart(doc: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -167,14 +262,21 @@ def chart(doc: dict, path: Path) -> None:
     ax1.legend()
     for b, s in configs:
         levels = sorted(c for (bb, ss, c, op) in cells if (bb, ss, op) == (b, s, "log_metric"))
-        ax2.plot(levels, [cells[(b, s, c, "log_metric")]["throughput"] for c in levels], marker="o",
-                 linestyle="-" if s == "tuned" else "--", label=f"{b} / {s}")
+        ax2.plot(
+            levels,
+            [cells[(b, s, c, "log_metric")]["throughput"] for c in levels],
+            marker="o",
+            linestyle="-" if s == "tuned" else "--",
+            label=f"{b} / {s}",
+        )
     ax2.set_xlabel("concurrent clients")
     ax2.set_ylabel("log_metric calls/s")
     ax2.set_title("log_metric throughput")
     ax2.legend()
-    fig.suptitle(f"mlflow-ops bench ({doc['meta']['preset']}, MLflow {doc['environment']['mlflow']}, "
-                 f"{doc['environment']['cpu_count']} CPUs)")
+    fig.suptitle(
+        f"mlflow-ops bench ({doc['meta']['preset']}, MLflow {doc['environment']['mlflow']}, "
+        f"{doc['environment']['cpu_count']} CPUs)"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -194,14 +296,34 @@ def compare(a: dict, b: dict) -> list[list[Any]]:
     rows = []
     for key in sorted(set(ca) & set(cb), key=lambda k: (k[0], k[1], k[2], OPS.index(k[3]))):
         x, y = ca[key], cb[key]
-        rows.append([*key, fmt(x["p50_ms"]), fmt(y["p50_ms"]), fmt(ratio(y["p50_ms"], x["p50_ms"]), 2),
-                     fmt(x["throughput"]), fmt(y["throughput"]), fmt(ratio(y["throughput"], x["throughput"]), 2),
-                     f"{x['errors']}/{y['errors']}"])
+        rows.append(
+            [
+                *key,
+                fmt(x["p50_ms"]),
+                fmt(y["p50_ms"]),
+                fmt(ratio(y["p50_ms"], x["p50_ms"]), 2),
+                fmt(x["throughput"]),
+                fmt(y["throughput"]),
+                fmt(ratio(y["throughput"], x["throughput"]), 2),
+                f"{x['errors']}/{y['errors']}",
+            ]
+        )
     return rows
 
 
-COMPARE_HEADERS = ["backend", "setup", "clients", "op", "A p50 ms", "B p50 ms", "B/A p50", "A calls/s",
-                   "B calls/s", "B/A calls/s", "errors A/B"]
+COMPARE_HEADERS = [
+    "backend",
+    "setup",
+    "clients",
+    "op",
+    "A p50 ms",
+    "B p50 ms",
+    "B/A p50",
+    "A calls/s",
+    "B calls/s",
+    "B/A calls/s",
+    "errors A/B",
+]
 
 
 def _clean(value: Any) -> Any:

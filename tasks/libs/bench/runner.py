@@ -18,11 +18,11 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 from pydantic import SecretStr
 
@@ -62,7 +62,7 @@ class Target:
     settings: Settings
     experiment_id: str = ""
     seed_experiment_id: str = ""
-    reps: dict = field(default_factory=dict)   # (clients, op) -> [rep dicts]
+    reps: dict = field(default_factory=dict)  # (clients, op) -> [rep dicts]
 
     @property
     def name(self) -> str:
@@ -77,8 +77,13 @@ class Target:
         return self.setup == "stock"
 
 
-def run_bench(per_backend: dict[str, Settings], *, spec: WorkloadSpec, client_mode: str = "process",
-              progress: Callable[[str], None] | None = None) -> dict:
+def run_bench(
+    per_backend: dict[str, Settings],
+    *,
+    spec: WorkloadSpec,
+    client_mode: str = "process",
+    progress: Callable[[str], None] | None = None,
+) -> dict:
     """Run the whole comparison and return the results document (see bench.report).
 
     per_backend holds each backend's layered settings (what `server.start --backend B` loads).
@@ -89,12 +94,19 @@ def run_bench(per_backend: dict[str, Settings], *, spec: WorkloadSpec, client_mo
     root.chmod(0o755)
     started_at, began = datetime.now(timezone.utc), time.monotonic()
     password = secrets.token_urlsafe(18)
-    pg_settings = (_isolate(per_backend["postgres"], root / "postgres", password, database="postgres")
-                   if "postgres" in per_backend else None)
+    pg_settings = (
+        _isolate(per_backend["postgres"], root / "postgres", password, database="postgres")
+        if "postgres" in per_backend
+        else None
+    )
     pg_port = pg_settings.postgres.port if pg_settings else None
-    targets = [Target(b, s, _isolate(per_backend[b], root / f"{b}-{s}", password,
-                                     database=f"mlflow_bench_{s}", pg_port=pg_port))
-               for b in backends for s in SETUPS]
+    targets = [
+        Target(
+            b, s, _isolate(per_backend[b], root / f"{b}-{s}", password, database=f"mlflow_bench_{s}", pg_port=pg_port)
+        )
+        for b in backends
+        for s in SETUPS
+    ]
     db = provider_for(pg_settings) if pg_settings else None
     pool = None
     try:
@@ -106,8 +118,12 @@ def run_bench(per_backend: dict[str, Settings], *, spec: WorkloadSpec, client_mo
                     recreate_database(t.settings)
         progress(f"starting {len(targets)} servers and {max(spec.clients)} clients  ({time.monotonic() - began:.0f} s)")
         with ThreadPoolExecutor(len(targets) + 1) as ex:
-            pool_future = ex.submit(ClientPool, max(max(spec.clients), spec.warmup_clients),
-                                    mode=client_mode, request_timeout_s=spec.request_timeout_s)
+            pool_future = ex.submit(
+                ClientPool,
+                max(max(spec.clients), spec.warmup_clients),
+                mode=client_mode,
+                request_timeout_s=spec.request_timeout_s,
+            )
             futures = [ex.submit(_start, t) for t in targets]
             problems = [str(exc) for exc in (f.exception() for f in futures) if exc]
             pool = pool_future.result()
@@ -164,25 +180,45 @@ def _timed(targets: list[Target], spec: WorkloadSpec, pool: ClientPool, progress
     for t in targets:  # untimed: warm every server worker, client and connection
         step += 1
         progress(f"[{step}/{total}] {t.name}: warm-up")
-        run_workload(t.url, spec, clients=spec.warmup_clients, pool=pool, ops=spec.warmup,
-                     experiment_id=t.experiment_id, seed_experiment_id=t.seed_experiment_id)
+        run_workload(
+            t.url,
+            spec,
+            clients=spec.warmup_clients,
+            pool=pool,
+            ops=spec.warmup,
+            experiment_id=t.experiment_id,
+            seed_experiment_id=t.seed_experiment_id,
+        )
     for rep in range(spec.repetitions):
         for clients in spec.clients:
             shift = (rep + clients) % len(targets)
             for t in targets[shift:] + targets[:shift]:
                 step += 1
                 progress(f"[{step}/{total}] rep {rep + 1}/{spec.repetitions} {t.name} x{clients} clients")
-                result = run_workload(t.url, spec, clients=clients, pool=pool, experiment_id=t.experiment_id,
-                                      seed_experiment_id=t.seed_experiment_id)
+                result = run_workload(
+                    t.url,
+                    spec,
+                    clients=clients,
+                    pool=pool,
+                    experiment_id=t.experiment_id,
+                    seed_experiment_id=t.seed_experiment_id,
+                )
                 for op, r in result.ops.items():
                     t.reps.setdefault((clients, op), []).append(
-                        {"latencies": r.latencies, "errors": r.errors, "throughput": r.throughput,
-                         "error_examples": r.error_examples})
+                        {
+                            "latencies": r.latencies,
+                            "errors": r.errors,
+                            "throughput": r.throughput,
+                            "error_examples": r.error_examples,
+                        }
+                    )
 
 
 def _raw(t: Target, spec: WorkloadSpec) -> list[dict]:
-    limits = {k: spec.raw.get(k, d) for k, d in
-              (("single_rows", 300), ("batch_rows", 1000), ("batches", 10), ("max_seconds", 3))}
+    limits = {
+        k: spec.raw.get(k, d)
+        for k, d in (("single_rows", 300), ("batch_rows", 1000), ("batches", 10), ("max_seconds", 3))
+    }
     if t.backend == "sqlite":
         return bench_raw.raw_sqlite(t.settings.sqlite_file, **limits)
     return bench_raw.raw_postgres(connect(t.settings), **limits)
@@ -201,38 +237,77 @@ def _describe_setup(t: Target) -> dict:
     """The set-up's command line and the environment it adds, as it ran (paths and ports aside)."""
     s = t.settings
     cmd = ["python" if c == sys.executable else c for c in server_command(s, stock=t.stock)]
-    added = {k: v for k, v in server_env(s, stock=t.stock).items()
-             if k.startswith("MLFLOW_") and k != "MLFLOW_BACKEND_STORE_URI"}
-    how = ("what `inv server.start` runs" if not t.stock else
-           "`mlflow server` as MLflow's docs show it, run as a plain `pip install mlflow` runs it: h11 and "
-           "asyncio's loop (--uvicorn-opts '--http h11 --loop asyncio'), job execution on; store URI via "
-           "MLFLOW_BACKEND_STORE_URI (the env form of --backend-store-uri)")
-    return {"backend": t.backend, "setup": t.setup, "how": how, "command": " ".join(cmd),
-            "env": added, "store": backend_store_uri(s).replace(str(s.state_path), "<state>")}
+    added = {
+        k: v
+        for k, v in server_env(s, stock=t.stock).items()
+        if k.startswith("MLFLOW_") and k != "MLFLOW_BACKEND_STORE_URI"
+    }
+    how = (
+        "what `inv server.start` runs"
+        if not t.stock
+        else "`mlflow server` as MLflow's docs show it, run as a plain `pip install mlflow` runs it: h11 and "
+        "asyncio's loop (--uvicorn-opts '--http h11 --loop asyncio'), job execution on; store URI via "
+        "MLFLOW_BACKEND_STORE_URI (the env form of --backend-store-uri)"
+    )
+    return {
+        "backend": t.backend,
+        "setup": t.setup,
+        "how": how,
+        "command": " ".join(cmd),
+        "env": added,
+        "store": backend_store_uri(s).replace(str(s.state_path), "<state>"),
+    }
 
 
 def _document(targets, spec, raw, env, started_at, seconds, client_mode) -> dict:
     cells = {(t.backend, t.setup, c, op): cell_stats(reps) for t in targets for (c, op), reps in t.reps.items()}
     backends = list(dict.fromkeys(t.backend for t in targets))
     rows = []
-    for (backend, setup, clients, op), st in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], OPS.index(kv[0][3]))):
-        rows.append({"backend": backend, "setup": setup, "clients": clients, "op": op, **st,
-                     "rows_per_s": st["throughput"] * ROWS_PER_CALL[op] if op in ROWS_PER_CALL else None})
+    for (backend, setup, clients, op), st in sorted(
+        cells.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], OPS.index(kv[0][3]))
+    ):
+        rows.append(
+            {
+                "backend": backend,
+                "setup": setup,
+                "clients": clients,
+                "op": op,
+                **st,
+                "rows_per_s": st["throughput"] * ROWS_PER_CALL[op] if op in ROWS_PER_CALL else None,
+            }
+        )
     ratios = []
     for b in backends:
-        ratios += compare_cells(cells, key_a={"backend": b, "setup": "tuned"}, key_b={"setup": "stock"},
-                                label="tuned vs stock")
+        ratios += compare_cells(
+            cells, key_a={"backend": b, "setup": "tuned"}, key_b={"setup": "stock"}, label="tuned vs stock"
+        )
     if len(backends) == 2:
         for s in SETUPS:
-            ratios += compare_cells(cells, key_a={"backend": "postgres", "setup": s}, key_b={"backend": "sqlite"},
-                                    label="postgres vs sqlite")
+            ratios += compare_cells(
+                cells,
+                key_a={"backend": "postgres", "setup": s},
+                key_b={"backend": "sqlite"},
+                label="postgres vs sqlite",
+            )
     errors = [e for t in targets for reps in t.reps.values() for r in reps for e in r["error_examples"]][:20]
-    return {"meta": {"preset": spec.name, "started_at": started_at.isoformat(timespec="seconds"),
-                     "duration_s": round(seconds, 1), "backends": backends, "client_mode": client_mode,
-                     "spec": spec.__dict__},
-            "environment": env, "setups": [_describe_setup(t) for t in targets], "cells": rows,
-            "raw": raw, "ratios": ratios, "mlflow_vs_raw": mlflow_vs_raw(cells, raw),
-            "targets": evaluate_targets(cells, backends), "error_examples": errors}
+    return {
+        "meta": {
+            "preset": spec.name,
+            "started_at": started_at.isoformat(timespec="seconds"),
+            "duration_s": round(seconds, 1),
+            "backends": backends,
+            "client_mode": client_mode,
+            "spec": spec.__dict__,
+        },
+        "environment": env,
+        "setups": [_describe_setup(t) for t in targets],
+        "cells": rows,
+        "raw": raw,
+        "ratios": ratios,
+        "mlflow_vs_raw": mlflow_vs_raw(cells, raw),
+        "targets": evaluate_targets(cells, backends),
+        "error_examples": errors,
+    }
 
 
 def stderr_progress() -> Callable[[str], None]:
@@ -245,4 +320,5 @@ def stderr_progress() -> Callable[[str], None]:
         elif message:
             sys.stderr.write(message + "\n")
         sys.stderr.flush()
+
     return show

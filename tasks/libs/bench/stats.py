@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 # Targets: our set-up against stock, on every backend benched.
 #   (name, op, clients, measure, threshold); measure "p50" = stock p50 / tuned p50,
@@ -39,9 +40,14 @@ def percentile(values: Sequence[float], q: float) -> float:
 def summarize(latencies: Sequence[float]) -> dict[str, Any]:
     """n, p50/p95/p99/mean/max in milliseconds for latencies given in seconds."""
     ms = [x * 1000 for x in latencies]
-    return {"n": len(ms), "p50_ms": percentile(ms, 50), "p95_ms": percentile(ms, 95),
-            "p99_ms": percentile(ms, 99), "mean_ms": statistics.fmean(ms) if ms else math.nan,
-            "max_ms": max(ms) if ms else math.nan}
+    return {
+        "n": len(ms),
+        "p50_ms": percentile(ms, 50),
+        "p95_ms": percentile(ms, 95),
+        "p99_ms": percentile(ms, 99),
+        "mean_ms": statistics.fmean(ms) if ms else math.nan,
+        "max_ms": max(ms) if ms else math.nan,
+    }
 
 
 def ratio(numerator: float, denominator: float) -> float:
@@ -60,13 +66,18 @@ def paired_ratios(numerators: Sequence[float], denominators: Sequence[float]) ->
     return [r for r in (ratio(a, b) for a, b in zip(numerators, denominators)) if not math.isnan(r)]
 
 
-def ratio_summary(pooled_num: float, pooled_den: float, rep_num: Sequence[float],
-                  rep_den: Sequence[float]) -> dict[str, Any]:
+def ratio_summary(
+    pooled_num: float, pooled_den: float, rep_num: Sequence[float], rep_den: Sequence[float]
+) -> dict[str, Any]:
     """The ratio of the pooled statistics plus the spread of the repetition-by-repetition ratios."""
     pairs = paired_ratios(rep_num, rep_den)
-    return {"value": ratio(pooled_num, pooled_den), "paired": pairs,
-            "paired_median": statistics.median(pairs) if pairs else math.nan,
-            "paired_min": min(pairs) if pairs else math.nan, "paired_max": max(pairs) if pairs else math.nan}
+    return {
+        "value": ratio(pooled_num, pooled_den),
+        "paired": pairs,
+        "paired_median": statistics.median(pairs) if pairs else math.nan,
+        "paired_min": min(pairs) if pairs else math.nan,
+        "paired_max": max(pairs) if pairs else math.nan,
+    }
 
 
 def cell_stats(reps: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -75,10 +86,12 @@ def cell_stats(reps: Iterable[dict[str, Any]]) -> dict[str, Any]:
     pooled = [x for r in reps for x in r["latencies"]]
     out = summarize(pooled)
     rep_tp = [r["throughput"] for r in reps]
-    out.update(errors=sum(r["errors"] for r in reps),
-               throughput=statistics.median(rep_tp) if rep_tp else math.nan,
-               rep_throughput=rep_tp,
-               rep_p50_ms=[percentile([x * 1000 for x in r["latencies"]], 50) for r in reps])
+    out.update(
+        errors=sum(r["errors"] for r in reps),
+        throughput=statistics.median(rep_tp) if rep_tp else math.nan,
+        rep_throughput=rep_tp,
+        rep_p50_ms=[percentile([x * 1000 for x in r["latencies"]], 50) for r in reps],
+    )
     return out
 
 
@@ -101,9 +114,16 @@ def compare_cells(cells: dict[tuple, dict[str, Any]], *, key_a: dict, key_b: dic
             continue
         lat = ratio_summary(b["p50_ms"], a["p50_ms"], b["rep_p50_ms"], a["rep_p50_ms"])
         tp = ratio_summary(a["throughput"], b["throughput"], a["rep_throughput"], b["rep_throughput"])
-        rows.append({"comparison": label, **{k: v for k, v in named.items() if k not in key_b},
-                     "p50_ratio": lat["value"], "p50_paired": lat["paired"],
-                     "throughput_ratio": tp["value"], "throughput_paired": tp["paired"]})
+        rows.append(
+            {
+                "comparison": label,
+                **{k: v for k, v in named.items() if k not in key_b},
+                "p50_ratio": lat["value"],
+                "p50_paired": lat["paired"],
+                "throughput_ratio": tp["value"],
+                "throughput_paired": tp["paired"],
+            }
+        )
     return rows
 
 
@@ -120,9 +140,18 @@ def evaluate_targets(cells: dict[tuple, dict[str, Any]], backends: Iterable[str]
                 value = ratio(stock["p50_ms"], tuned["p50_ms"])
             else:
                 value = ratio(tuned["throughput"], stock["throughput"])
-            out.append({"target": name, "backend": backend, "op": op, "clients": clients,
-                        "measure": measure, "threshold": threshold, "value": value,
-                        "met": (not math.isnan(value)) and value >= threshold})
+            out.append(
+                {
+                    "target": name,
+                    "backend": backend,
+                    "op": op,
+                    "clients": clients,
+                    "measure": measure,
+                    "threshold": threshold,
+                    "value": value,
+                    "met": (not math.isnan(value)) and value >= threshold,
+                }
+            )
     return out
 
 
@@ -139,15 +168,32 @@ def mlflow_vs_raw(cells: dict[tuple, dict[str, Any]], raw: list[dict]) -> list[d
         single = modes.get("1 row/commit", math.nan)
         batched = next((v for m, v in modes.items() if m != "1 row/commit"), math.nan)
         levels = sorted({k[2] for k in cells if k[:2] == (backend, setup) and k[3] == "log_metric"})
-        pairs = [(f"log_metric, {c} client(s)", (backend, setup, c, "log_metric"), 1, single, "1 row/commit")
-                 for c in levels]
-        pairs.append(("log_batch(1000), 1 client", (backend, setup, 1, "log_batch_1000"), 1000, batched,
-                      next((m for m in modes if m != "1 row/commit"), "batched")))
+        pairs = [
+            (f"log_metric, {c} client(s)", (backend, setup, c, "log_metric"), 1, single, "1 row/commit") for c in levels
+        ]
+        pairs.append(
+            (
+                "log_batch(1000), 1 client",
+                (backend, setup, 1, "log_batch_1000"),
+                1000,
+                batched,
+                next((m for m in modes if m != "1 row/commit"), "batched"),
+            )
+        )
         for what, key, rows_per_call, raw_rate, mode in pairs:
             cell = cells.get(key)
             mlflow_rate = cell["throughput"] * rows_per_call if cell else math.nan
-            out.append({"backend": backend, "setup": setup, "what": what, "mlflow_rows_per_s": mlflow_rate,
-                        "raw_mode": mode, "raw_rows_per_s": raw_rate, "mlflow_over_raw": ratio(mlflow_rate, raw_rate)})
+            out.append(
+                {
+                    "backend": backend,
+                    "setup": setup,
+                    "what": what,
+                    "mlflow_rows_per_s": mlflow_rate,
+                    "raw_mode": mode,
+                    "raw_rows_per_s": raw_rate,
+                    "mlflow_over_raw": ratio(mlflow_rate, raw_rate),
+                }
+            )
     return out
 
 

@@ -15,6 +15,7 @@ are off (MLFLOW_HTTP_REQUEST_MAX_RETRIES=0): a failed call is counted, never ret
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import shutil
@@ -33,8 +34,19 @@ from tasks.libs.core.errors import UserError
 from tasks.libs.core.settings import PROJECT_ROOT
 
 SPEC_FILE = PROJECT_ROOT / "benchmarks" / "workload.yaml"
-OPS = ("create_run", "log_param", "log_metric", "log_batch_10", "log_batch_100", "log_batch_1000",
-       "get_metric_history", "search_runs", "log_artifact_small", "log_artifact_1mb", "log_model_sklearn")
+OPS = (
+    "create_run",
+    "log_param",
+    "log_metric",
+    "log_batch_10",
+    "log_batch_100",
+    "log_batch_1000",
+    "get_metric_history",
+    "search_runs",
+    "log_artifact_small",
+    "log_artifact_1mb",
+    "log_model_sklearn",
+)
 # Metrics (rows) one call writes: turns calls/s into metrics/s where that means something.
 ROWS_PER_CALL = {"log_metric": 1, "log_batch_10": 10, "log_batch_100": 100, "log_batch_1000": 1000}
 
@@ -77,14 +89,20 @@ def load_spec(preset: str = "quick", path: Path | str | None = None) -> Workload
     try:
         ops = _ops(data.get("ops") or {}, f"{preset}.ops")
         spec = WorkloadSpec(
-            name=preset, ops=ops, clients=[int(c) for c in data["clients"]],
-            repetitions=int(data["repetitions"]), seed_runs=int(data["seed_runs"]),
+            name=preset,
+            ops=ops,
+            clients=[int(c) for c in data["clients"]],
+            repetitions=int(data["repetitions"]),
+            seed_runs=int(data["seed_runs"]),
             warmup=_ops(data.get("warmup") or {}, f"{preset}.warmup"),
             warmup_clients=int(data.get("warmup_clients", 1)),
             phase_timeout_s=float(data.get("phase_timeout_s", 60)),
             request_timeout_s=float(data.get("request_timeout_s", 60)),
             raw={k: float(v) for k, v in (data.get("raw") or {}).items()},
-            concurrent_ops=_ops(data["concurrent_ops"], f"{preset}.concurrent_ops") if data.get("concurrent_ops") else None)
+            concurrent_ops=_ops(data["concurrent_ops"], f"{preset}.concurrent_ops")
+            if data.get("concurrent_ops")
+            else None,
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise SpecError(f"{path.name}: preset {preset!r} is incomplete or malformed ({exc!r})") from None
     if not spec.clients or min(spec.clients) < 1 or spec.repetitions < 1:
@@ -104,10 +122,10 @@ def _ops(data: dict, where: str) -> dict[str, int]:
 
 @dataclass
 class OpResult:
-    latencies: list[float] = field(default_factory=list)   # seconds, successful calls only
+    latencies: list[float] = field(default_factory=list)  # seconds, successful calls only
     errors: int = 0
     error_examples: list[str] = field(default_factory=list)
-    span: tuple[float, float] | None = None                 # monotonic (first start, last end)
+    span: tuple[float, float] | None = None  # monotonic (first start, last end)
 
     @property
     def wall_s(self) -> float:
@@ -126,8 +144,9 @@ class WorkloadResult:
     wall_s: float
 
     def summary(self) -> dict[str, dict[str, Any]]:
-        return {op: {**summarize(r.latencies), "errors": r.errors, "throughput": r.throughput}
-                for op, r in self.ops.items()}
+        return {
+            op: {**summarize(r.latencies), "errors": r.errors, "throughput": r.throughput} for op, r in self.ops.items()
+        }
 
     @property
     def errors(self) -> int:
@@ -139,8 +158,11 @@ class ClientPool:
 
     def __init__(self, size: int, *, mode: str = "process", request_timeout_s: float = 60):
         self.size, self.mode = size, mode
-        env = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-               "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(request_timeout_s))}
+        env = {
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+            "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(request_timeout_s)),
+        }
         self._files = tempfile.mkdtemp(prefix="mlflow-ops-clients-")
         if mode == "process":
             ctx = multiprocessing.get_context("spawn")
@@ -148,6 +170,7 @@ class ClientPool:
             self._pool = ctx.Pool(size, initializer=_init_worker, initargs=(env, self._files, True))
         elif mode == "thread":
             from multiprocessing.pool import ThreadPool
+
             os.environ.update(env)  # threads share the process: retries off for it all
             _init_worker({}, self._files)
             self._manager, self._pool = None, ThreadPool(size)
@@ -189,15 +212,24 @@ def prepare_experiments(tracking_uri: str, spec: WorkloadSpec, *, label: str = "
     now = int(time.time() * 1000)
     for i in range(spec.seed_runs):
         run = client.create_run(seed_id, run_name=f"seed-{i}")
-        client.log_batch(run.info.run_id,
-                         metrics=[Metric(k, (i * 37 % 100) / 100 + j, now, 0) for j, k in enumerate(("score", "loss", "acc"))],
-                         params=[Param(k, str(i % 7)) for k in ("alpha", "depth", "model")])
+        client.log_batch(
+            run.info.run_id,
+            metrics=[Metric(k, (i * 37 % 100) / 100 + j, now, 0) for j, k in enumerate(("score", "loss", "acc"))],
+            params=[Param(k, str(i % 7)) for k in ("alpha", "depth", "model")],
+        )
     return exp_id, seed_id
 
 
-def run_workload(tracking_uri: str, spec: WorkloadSpec, *, clients: int = 1, pool: ClientPool | None = None,
-                 experiment_id: str | None = None, seed_experiment_id: str | None = None,
-                 ops: dict[str, int] | None = None) -> WorkloadResult:
+def run_workload(
+    tracking_uri: str,
+    spec: WorkloadSpec,
+    *,
+    clients: int = 1,
+    pool: ClientPool | None = None,
+    experiment_id: str | None = None,
+    seed_experiment_id: str | None = None,
+    ops: dict[str, int] | None = None,
+) -> WorkloadResult:
     """Run spec's ops (or `ops`) with `clients` concurrent clients against a running server.
 
     Without a pool one is made for this call (slower: it spawns the clients); without
@@ -209,9 +241,18 @@ def run_workload(tracking_uri: str, spec: WorkloadSpec, *, clients: int = 1, poo
     pool = pool or ClientPool(clients, request_timeout_s=spec.request_timeout_s)
     try:
         barrier = pool.barrier(clients)
-        jobs = [{"uri": tracking_uri, "experiment_id": experiment_id, "seed_experiment_id": seed_experiment_id,
-                 "ops": ops or spec.ops_for(clients), "index": i, "barrier": barrier,
-                 "phase_timeout_s": spec.phase_timeout_s} for i in range(clients)]
+        jobs = [
+            {
+                "uri": tracking_uri,
+                "experiment_id": experiment_id,
+                "seed_experiment_id": seed_experiment_id,
+                "ops": ops or spec.ops_for(clients),
+                "index": i,
+                "barrier": barrier,
+                "phase_timeout_s": spec.phase_timeout_s,
+            }
+            for i in range(clients)
+        ]
         began = time.monotonic()
         outputs = pool.map_jobs(jobs)
         wall = time.monotonic() - began
@@ -224,10 +265,12 @@ def run_workload(tracking_uri: str, spec: WorkloadSpec, *, clients: int = 1, poo
         if not parts:
             continue
         spans = [p["span"] for p in parts if p["span"]]
-        merged[op] = OpResult(latencies=[x for p in parts for x in p["latencies"]],
-                              errors=sum(p["errors"] for p in parts),
-                              error_examples=[e for p in parts for e in p["error_examples"]][:3],
-                              span=(min(s[0] for s in spans), max(s[1] for s in spans)) if spans else None)
+        merged[op] = OpResult(
+            latencies=[x for p in parts for x in p["latencies"]],
+            errors=sum(p["errors"] for p in parts),
+            error_examples=[e for p in parts for e in p["error_examples"]][:3],
+            span=(min(s[0] for s in spans), max(s[1] for s in spans)) if spans else None,
+        )
     return WorkloadResult(clients=clients, ops=merged, wall_s=wall)
 
 
@@ -245,10 +288,10 @@ def _init_worker(env: dict[str, str], files_dir: str, quiet: bool = False) -> No
         import sys
         import warnings
 
-        sys.stdout = open(os.devnull, "w")
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the worker)
         warnings.filterwarnings("ignore")
         logging.getLogger("mlflow").setLevel(logging.ERROR)
-    import mlflow  # noqa: F401
+    import mlflow
     import mlflow.sklearn  # noqa: F401
     from sklearn.linear_model import LogisticRegression
 
@@ -276,14 +319,12 @@ def _client_job(job: dict) -> dict:
             job["barrier"].wait(timeout=job["phase_timeout_s"] * 2 + 60)
         except threading.BrokenBarrierError:
             pass  # another client died or lagged: carry on unsynchronised rather than hang
-        except Exception:  # noqa: BLE001  the manager's proxy raises its own flavour
+        except Exception:
             pass
         results[op] = _phase(op, count, state, job["phase_timeout_s"])
     if state["run_id"]:
-        try:
+        with contextlib.suppress(Exception):
             client.set_terminated(state["run_id"])
-        except Exception:  # noqa: BLE001  untimed clean-up
-            pass
     return results
 
 
@@ -298,7 +339,7 @@ def _phase(op: str, count: int, state: dict, timeout_s: float) -> dict:
         t0 = time.perf_counter()
         try:
             call(state, i)
-        except Exception as exc:  # noqa: BLE001  counted, not hidden
+        except Exception as exc:
             out["errors"] += 1
             if len(out["error_examples"]) < 3:
                 out["error_examples"].append(f"{op}: {type(exc).__name__}: {str(exc)[:200]}")
@@ -320,6 +361,7 @@ def _log_batch(size: int):
         now = int(time.time() * 1000)
         metrics = [Metric(f"b{size}_{k % 20}", float(k), now, i * size + k) for k in range(size)]
         state["client"].log_batch(_run(state), metrics=metrics)
+
     return call
 
 
@@ -346,8 +388,11 @@ _CALLS = {
     "log_batch_1000": _log_batch(1000),
     "get_metric_history": lambda s, i: s["client"].get_metric_history(_run(s), "loss"),
     "search_runs": lambda s, i: s["client"].search_runs(
-        [s["job"]["seed_experiment_id"]], filter_string="metrics.score > 0.3",
-        order_by=["metrics.score DESC"], max_results=100),
+        [s["job"]["seed_experiment_id"]],
+        filter_string="metrics.score > 0.3",
+        order_by=["metrics.score DESC"],
+        max_results=100,
+    ),
     "log_artifact_small": lambda s, i: s["client"].log_artifact(_run(s), _FILES["small"], artifact_path=f"small/{i}"),
     "log_artifact_1mb": lambda s, i: s["client"].log_artifact(_run(s), _FILES["large"], artifact_path=f"large/{i}"),
     "log_model_sklearn": _log_model,

@@ -109,7 +109,9 @@ def check_artifact(ctx: CheckContext) -> str:
     if "reports/check-report.txt" not in listed:
         raise CheckFailed(f"reports/ lists {sorted(listed)} after the upload, not reports/check-report.txt")
     if listed["reports/check-report.txt"] != len(body):
-        raise CheckFailed(f"reports/check-report.txt listed with {listed['reports/check-report.txt']} bytes, sent {len(body)}")
+        raise CheckFailed(
+            f"reports/check-report.txt listed with {listed['reports/check-report.txt']} bytes, sent {len(body)}"
+        )
     target = ctx.work_dir / "download"
     target.mkdir(exist_ok=True)
     local = Path(ctx.client.download_artifacts(ctx.run_id, "reports/check-report.txt", str(target)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from urllib.parse import quote
@@ -45,8 +46,10 @@ def postgres_password(settings: Settings, *, generate: bool = False) -> str:
         return settings.postgres.password.get_secret_value()
     password = stored_secret(settings, "postgres_password", generate=generate)
     if password is None:
-        raise ConfigError("no PostgreSQL password: set MLFLOW_OPS_POSTGRES__PASSWORD or run `inv db.start` "
-                          f"to generate {settings.state_path / 'secrets' / 'postgres_password'}")
+        raise ConfigError(
+            "no PostgreSQL password: set MLFLOW_OPS_POSTGRES__PASSWORD or run `inv db.start` "
+            f"to generate {settings.state_path / 'secrets' / 'postgres_password'}"
+        )
     return password
 
 
@@ -87,13 +90,11 @@ def known_secrets(settings: Settings) -> tuple[str, ...]:
     if pg.uri is not None:
         try:
             found.append(make_url(pg.uri.get_secret_value()).password)
-        except Exception:  # noqa: BLE001  a malformed URI: mask what looks like its password
+        except Exception:
             creds = pg.uri.get_secret_value().partition("://")[2].rpartition("@")[0]
             found.append(creds.partition(":")[2])
-    try:
+    with contextlib.suppress(ConfigError):
         found.append(postgres_password(settings))
-    except ConfigError:
-        pass
     if settings.server.auth.admin_password is not None:
         found.append(settings.server.auth.admin_password.get_secret_value())
     found += [stored_secret(settings, name, generate=False) for name in ("admin_password", "flask_secret_key")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -49,12 +50,16 @@ class ProcessRecord:
         except (ValueError, TypeError):
             return None  # a corrupt pid file says nothing we can trust
 
-
     @classmethod
     def of(cls: type[R], pid: int, **fields) -> R:
         """The record of a live process we just started (its identity read from the OS)."""
-        return cls(pid=pid, pgid=os.getpgid(pid), create_time=psutil.Process(pid).create_time(),
-                   started_at=time.time(), **fields)
+        return cls(
+            pid=pid,
+            pgid=os.getpgid(pid),
+            create_time=psutil.Process(pid).create_time(),
+            started_at=time.time(),
+            **fields,
+        )
 
 
 def is_alive(record: ProcessRecord) -> bool:
@@ -68,8 +73,9 @@ def is_alive(record: ProcessRecord) -> bool:
         return False
 
 
-def start_group(cmd: list[str], *, env: dict[str, str], log_path: Path, cwd: Path | None = None,
-                **popen_kwargs) -> subprocess.Popen:
+def start_group(
+    cmd: list[str], *, env: dict[str, str], log_path: Path, cwd: Path | None = None, **popen_kwargs
+) -> subprocess.Popen:
     """Start cmd as the leader of a new process group, output appended to log_path (mode 0600).
 
     The group's umask is 0077: whatever it writes (store files, artifacts) is ours alone.
@@ -77,8 +83,17 @@ def start_group(cmd: list[str], *, env: dict[str, str], log_path: Path, cwd: Pat
     log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "ab") as log:
-        return subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True, umask=0o077, **popen_kwargs)
+        return subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            umask=0o077,
+            **popen_kwargs,
+        )
 
 
 def group_members(pgid: int) -> list[psutil.Process]:
@@ -162,14 +177,10 @@ def tail(path: Path, lines: int = 20) -> str:
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

@@ -281,7 +281,7 @@ def _env_layer(environ: dict[str, str]) -> dict[str, tuple[Any, str]]:
     for var, raw in environ.items():
         if not var.startswith(ENV_PREFIX) or var in LAYER_SELECTORS:
             continue
-        key = var[len(ENV_PREFIX):].lower().replace("__", ".")
+        key = var[len(ENV_PREFIX) :].lower().replace("__", ".")
         value: Any = raw
         if raw.strip()[:1] in ("[", "{") or raw.strip() in ("null", "~"):
             try:

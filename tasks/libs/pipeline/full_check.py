@@ -7,14 +7,15 @@ are never touched, and two runs in a row start from the same clean slate.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from tabulate import tabulate
 
@@ -43,7 +44,7 @@ BACKENDS = ("postgres", "sqlite")
 class Stage:
     backend: str
     name: str
-    status: str = "ok"          # ok | FAIL | skipped
+    status: str = "ok"  # ok | FAIL | skipped
     seconds: float = 0.0
     detail: str = ""
 
@@ -51,7 +52,7 @@ class Stage:
 @dataclass
 class PipelineReport:
     stages: list[Stage] = field(default_factory=list)
-    workload: dict[str, dict] = field(default_factory=dict)   # backend -> op -> stats
+    workload: dict[str, dict] = field(default_factory=dict)  # backend -> op -> stats
     report_dir: str = ""
     wall_s: float = 0.0
 
@@ -78,9 +79,15 @@ def isolated_settings(per_backend: dict[str, Settings]) -> dict[str, Settings]:
     return isolated
 
 
-def run_full_check(per_backend: dict[str, Settings], *, keep: bool = False, report_dir: Path,
-                   preset: str = "quick", browser: str | None = None,
-                   say: Callable[[str], None] = print) -> PipelineReport:
+def run_full_check(
+    per_backend: dict[str, Settings],
+    *,
+    keep: bool = False,
+    report_dir: Path,
+    preset: str = "quick",
+    browser: str | None = None,
+    say: Callable[[str], None] = print,
+) -> PipelineReport:
     """Run every stage per backend (each with its own layered settings); stop all we started
     (also on failure or Ctrl-C) unless keep."""
     began = time.monotonic()
@@ -102,10 +109,10 @@ def run_full_check(per_backend: dict[str, Settings], *, keep: bool = False, repo
             if _stage(report, backend, "server.start", say, lambda: _start_server(current)) is None:
                 continue
             try:
-                _stage(report, backend, "workload", say,
-                       lambda: _workload(report, backend, url, spec))
-                _stage(report, backend, "deployment checks", say,
-                       lambda: _checks(current, report_dir / backend, browser))
+                _stage(report, backend, "workload", say, lambda: _workload(report, backend, url, spec))
+                _stage(
+                    report, backend, "deployment checks", say, lambda: _checks(current, report_dir / backend, browser)
+                )
                 _stage(report, backend, "inspect", say, lambda: _inspect(current, report_dir / backend))
             finally:
                 if not keep:
@@ -136,7 +143,8 @@ def _stage(report: PipelineReport, backend: str, name: str, say, action):
         stage.status = "FAIL"
         stage.detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         (Path(report.report_dir) / f"{backend}-{name.replace(' ', '-')}-traceback.txt").write_text(
-            traceback.format_exc())
+            traceback.format_exc()
+        )
     finally:
         stage.seconds = time.monotonic() - started
         say(f"[{backend}] {name}: {stage.status} ({stage.seconds:.1f} s) {stage.detail}".rstrip())
@@ -169,8 +177,14 @@ def _workload(report: PipelineReport, backend: str, url: str, spec) -> str:
 
 def _checks(settings: Settings, out_dir: Path, browser) -> str:
     kwargs = {} if browser is None else {"browser": browser}
-    result = run_checks(settings.server.url, report_dir=out_dir, store_uri=backend_store_uri(settings, reveal=True),
-                        artifacts_dir=settings.artifacts_dir, cleanup=False, **kwargs)
+    result = run_checks(
+        settings.server.url,
+        report_dir=out_dir,
+        store_uri=backend_store_uri(settings, reveal=True),
+        artifacts_dir=settings.artifacts_dir,
+        cleanup=False,
+        **kwargs,
+    )
     write_reports(result, out_dir)
     if result.failed:
         raise UserError("failed: " + ", ".join(f"{c.name} ({c.reason})" for c in result.failed))
@@ -195,10 +209,8 @@ def _clean_slate(isolated: dict[str, Settings]) -> None:
     settings = isolated.get("postgres") or next(iter(isolated.values()))
     stop_server(settings)
     if (settings.state_path / "postgres").exists() or settings.postgres.provider in ("docker", "auto"):
-        try:
+        with contextlib.suppress(UserError):
             provider_for(settings).stop()
-        except UserError:
-            pass
     for name in ("server", "artifacts", "mlflow.db", "mlflow.db-wal", "mlflow.db-shm"):
         path = settings.state_path / name
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
@@ -208,8 +220,12 @@ def write_pipeline_report(report: PipelineReport, report_dir: Path) -> None:
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "full-check.json").write_text(json.dumps(asdict(report), indent=2, default=str))
     (report_dir / "full-check.md").write_text(
-        f"# full-check\n\nwall time: {report.wall_s:.1f} s\n\n## Stages\n\n" + stage_table(report, "github")
-        + "\n\n## Workload (quick preset, 1 client)\n\n" + workload_table(report, "github") + "\n")
+        f"# full-check\n\nwall time: {report.wall_s:.1f} s\n\n## Stages\n\n"
+        + stage_table(report, "github")
+        + "\n\n## Workload (quick preset, 1 client)\n\n"
+        + workload_table(report, "github")
+        + "\n"
+    )
 
 
 def stage_table(report: PipelineReport, fmt: str = "simple") -> str:
@@ -221,10 +237,20 @@ def workload_table(report: PipelineReport, fmt: str = "simple") -> str:
     rows = []
     for backend, ops in report.workload.items():
         for op, stats in ops.items():
-            rows.append((backend, op, stats["n"], _ms(stats["p50_ms"]), _ms(stats["p95_ms"]),
-                         f"{stats['throughput']:.1f}", stats["errors"]))
-    return tabulate(rows, headers=["backend", "operation", "calls", "p50 ms", "p95 ms", "calls/s", "errors"],
-                    tablefmt=fmt)
+            rows.append(
+                (
+                    backend,
+                    op,
+                    stats["n"],
+                    _ms(stats["p50_ms"]),
+                    _ms(stats["p95_ms"]),
+                    f"{stats['throughput']:.1f}",
+                    stats["errors"],
+                )
+            )
+    return tabulate(
+        rows, headers=["backend", "operation", "calls", "p50 ms", "p95 ms", "calls/s", "errors"], tablefmt=fmt
+    )
 
 
 def _ms(value: float) -> str:

@@ -6,8 +6,13 @@ import shutil
 from pathlib import Path
 
 SERVER_TOOLS = ("initdb", "pg_ctl", "postgres")
-SEARCH_PATTERNS = ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin", "/opt/homebrew/opt/postgresql@*/bin",
-                   "/usr/local/opt/postgresql@*/bin", "/usr/local/pgsql/bin")
+SEARCH_PATTERNS = (
+    "/usr/lib/postgresql/*/bin",
+    "/usr/pgsql-*/bin",
+    "/opt/homebrew/opt/postgresql@*/bin",
+    "/usr/local/opt/postgresql@*/bin",
+    "/usr/local/pgsql/bin",
+)
 
 
 def find_binaries(bin_dir: str | None, tools: tuple[str, ...] = SERVER_TOOLS) -> Path | None:

@@ -19,8 +19,14 @@ def connect(settings: Settings, *, dbname: str | None = None, timeout: int = 3):
         dsn = postgres_uri(settings, reveal=True).replace("postgresql+psycopg2://", "postgresql://", 1)
         extra = {"dbname": dbname} if dbname else {}
         return psycopg2.connect(dsn, connect_timeout=timeout, **extra)
-    return psycopg2.connect(host=pg.host, port=pg.port, user=pg.user, dbname=dbname or pg.database,
-                            password=postgres_password(settings), connect_timeout=timeout)
+    return psycopg2.connect(
+        host=pg.host,
+        port=pg.port,
+        user=pg.user,
+        dbname=dbname or pg.database,
+        password=postgres_password(settings),
+        connect_timeout=timeout,
+    )
 
 
 def where(settings: Settings) -> str:
@@ -67,8 +73,10 @@ def wait_for_database(settings: Settings, *, timeout: float) -> None:
     def probe() -> str | None:
         problem = check_reachable(settings, dbname="postgres")
         if problem and "authentication failed" in problem:
-            raise UserError(f"PostgreSQL refused the login ({problem}); the data directory was made "
-                            "with another password: set it, or `inv db.reset --yes --wipe`")
+            raise UserError(
+                f"PostgreSQL refused the login ({problem}); the data directory was made "
+                "with another password: set it, or `inv db.reset --yes --wipe`"
+            )
         return problem
 
     wait_ready(probe, timeout=timeout, what="PostgreSQL")

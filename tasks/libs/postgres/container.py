@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from collections.abc import Callable
 
 import docker
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
@@ -15,8 +16,10 @@ from tasks.libs.postgres.connection import wait_for_database
 
 LABEL = "io.mlflow-ops.role"
 ROLE = "postgres"
-NO_ENGINE = ("no Docker engine answers ({reason}); use the local provider instead: "
-             "--provider local, or postgres.provider: local in config")
+NO_ENGINE = (
+    "no Docker engine answers ({reason}); use the local provider instead: "
+    "--provider local, or postgres.provider: local in config"
+)
 
 
 def engine_answers(client_factory=None) -> bool:
@@ -30,8 +33,9 @@ def engine_answers(client_factory=None) -> bool:
 class DockerPostgres:
     name = "docker"
 
-    def __init__(self, settings: Settings, *, client_factory=None,
-                 database_ready: Callable[..., None] = wait_for_database):
+    def __init__(
+        self, settings: Settings, *, client_factory=None, database_ready: Callable[..., None] = wait_for_database
+    ):
         self.settings = settings
         self.pg = settings.postgres
         self.cfg = settings.postgres.docker
@@ -71,9 +75,16 @@ class DockerPostgres:
             return {"provider": self.name, "running": False, "container": None}
         container.reload()
         health = container.attrs.get("State", {}).get("Health", {}).get("Status")
-        return {"provider": self.name, "running": container.status == "running", "container": self.cfg.container,
-                "status": container.status, "health": health, "image": self.cfg.image, "volume": self.cfg.volume,
-                "address": f"{self.pg.host}:{self.pg.port}"}
+        return {
+            "provider": self.name,
+            "running": container.status == "running",
+            "container": self.cfg.container,
+            "status": container.status,
+            "health": health,
+            "image": self.cfg.image,
+            "volume": self.cfg.volume,
+            "address": f"{self.pg.host}:{self.pg.port}",
+        }
 
     def logs(self, lines: int) -> str:
         container = self._our_container()
@@ -86,10 +97,8 @@ class DockerPostgres:
         container = self._our_container()
         if container is not None:
             container.remove(force=True)
-        try:
+        with contextlib.suppress(NotFound):
             self.client.volumes.get(self.cfg.volume).remove(force=True)
-        except NotFound:
-            pass
 
     # --- helpers ---------------------------------------------------------------------
 
@@ -110,22 +119,33 @@ class DockerPostgres:
         except NotFound:
             return None
         if container.labels.get(LABEL) != ROLE:
-            raise UserError(f"a container named {self.cfg.container} exists but mlflow-ops did not create it; "
-                            "remove or rename it, or set postgres.docker.container")
+            raise UserError(
+                f"a container named {self.cfg.container} exists but mlflow-ops did not create it; "
+                "remove or rename it, or set postgres.docker.container"
+            )
         return container
 
     def _create(self):
         self._ensure_image()
         try:
             return self.client.containers.run(
-                self.cfg.image, name=self.cfg.container, detach=True,
-                environment={"POSTGRES_USER": self.pg.user, "POSTGRES_PASSWORD": postgres_password(self.settings),
-                             "POSTGRES_DB": self.pg.database},
+                self.cfg.image,
+                name=self.cfg.container,
+                detach=True,
+                environment={
+                    "POSTGRES_USER": self.pg.user,
+                    "POSTGRES_PASSWORD": postgres_password(self.settings),
+                    "POSTGRES_DB": self.pg.database,
+                },
                 ports={"5432/tcp": (self.pg.host, self.pg.port)},
                 volumes={self.cfg.volume: {"bind": "/var/lib/postgresql/data", "mode": "rw"}},
                 labels={LABEL: ROLE},
-                healthcheck={"test": ["CMD-SHELL", f"pg_isready -U {self.pg.user} -d {self.pg.database}"],
-                             "interval": 1_000_000_000, "timeout": 3_000_000_000, "retries": 60},
+                healthcheck={
+                    "test": ["CMD-SHELL", f"pg_isready -U {self.pg.user} -d {self.pg.database}"],
+                    "interval": 1_000_000_000,
+                    "timeout": 3_000_000_000,
+                    "retries": 60,
+                },
             )
         except APIError as exc:
             if exc.status_code == 409:  # created by a concurrent start: use it
@@ -139,8 +159,10 @@ class DockerPostgres:
             try:
                 self.client.images.pull(self.cfg.image)
             except (ImageNotFound, NotFound, APIError) as exc:
-                raise UserError(f"image {self.cfg.image} is not here and could not be pulled "
-                                f"({_first_line(exc)}); set postgres.docker.image") from None
+                raise UserError(
+                    f"image {self.cfg.image} is not here and could not be pulled "
+                    f"({_first_line(exc)}); set postgres.docker.image"
+                ) from None
 
     def _wait_healthy(self, container) -> None:
         """Until Docker's health check says healthy; stop at once when it exits or turns unhealthy."""
@@ -149,12 +171,12 @@ class DockerPostgres:
             container.reload()
             if container.status in ("exited", "dead"):
                 tail = container.logs(tail=15).decode("utf-8", "replace")
-                raise UserError(f"container {self.cfg.container} exited during start-up\n"
-                                f"--- its last log lines ---\n{tail}")
+                raise UserError(
+                    f"container {self.cfg.container} exited during start-up\n--- its last log lines ---\n{tail}"
+                )
             health = container.attrs.get("State", {}).get("Health", {}).get("Status")
             if health == "unhealthy":
-                raise UserError(f"container {self.cfg.container} is unhealthy (pg_isready fails); "
-                                f"see `inv db.logs`")
+                raise UserError(f"container {self.cfg.container} is unhealthy (pg_isready fails); see `inv db.logs`")
             return None if health == "healthy" else f"health: {health or 'not reported'}"
 
         wait_ready(probe, timeout=self.pg.start_timeout, interval=0.5, what=f"container {self.cfg.container}")

@@ -47,18 +47,35 @@ class LocalPostgres:
             wait_for_database(self.settings, timeout=self.pg.start_timeout)
             return f"PostgreSQL already running (reused) on {self.pg.host}:{self.pg.port}"
         if not port_is_free(self.pg.host, self.pg.port):
-            raise UserError(f"port {self.pg.port} on {self.pg.host} is in use by {port_holder(self.pg.port)}; "
-                            "stop that or set postgres.port")
+            raise UserError(
+                f"port {self.pg.port} on {self.pg.host} is in use by {port_holder(self.pg.port)}; "
+                "stop that or set postgres.port"
+            )
         created = not (self.data_dir / "PG_VERSION").is_file()
         if created:
             self._initdb(bins)
         self._clear_stale_lock_files()
         self._prepare_dirs()
-        result = self._run([str(bins / "pg_ctl"), "start", "-w", "-t", str(int(self.pg.start_timeout)),
-                            "-D", str(self.data_dir), "-l", str(self.log_file), "-o", self._server_options()])
+        result = self._run(
+            [
+                str(bins / "pg_ctl"),
+                "start",
+                "-w",
+                "-t",
+                str(int(self.pg.start_timeout)),
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_file),
+                "-o",
+                self._server_options(),
+            ]
+        )
         if result.returncode != 0:
-            raise UserError(f"PostgreSQL failed to start (pg_ctl exit {result.returncode})\n"
-                            f"--- last lines of {self.log_file} ---\n{tail(self.log_file, 15)}")
+            raise UserError(
+                f"PostgreSQL failed to start (pg_ctl exit {result.returncode})\n"
+                f"--- last lines of {self.log_file} ---\n{tail(self.log_file, 15)}"
+            )
         wait_for_database(self.settings, timeout=self.pg.start_timeout)
         what = "initialised and started" if created else "started"
         return f"PostgreSQL {what} on {self.pg.host}:{self.pg.port} (data: {self.data_dir})"
@@ -76,10 +93,16 @@ class LocalPostgres:
 
     def status(self) -> dict:
         pid = self.postmaster_pid()
-        return {"provider": self.name, "running": pid is not None, "pid": pid,
-                "data_dir": str(self.data_dir), "initialised": (self.data_dir / "PG_VERSION").is_file(),
-                "address": f"{self.pg.host}:{self.pg.port}", "log": str(self.log_file),
-                "ready": pid is not None and check_reachable(self.settings) is None}
+        return {
+            "provider": self.name,
+            "running": pid is not None,
+            "pid": pid,
+            "data_dir": str(self.data_dir),
+            "initialised": (self.data_dir / "PG_VERSION").is_file(),
+            "address": f"{self.pg.host}:{self.pg.port}",
+            "log": str(self.log_file),
+            "ready": pid is not None and check_reachable(self.settings) is None,
+        }
 
     def logs(self, lines: int) -> str:
         return tail(self.log_file, lines)
@@ -113,8 +136,11 @@ class LocalPostgres:
         try:
             proc = psutil.Process(pid)
             cmd = proc.cmdline()
-            return proc.status() != psutil.STATUS_ZOMBIE and "postgres" in Path(cmd[0]).name and \
-                str(self.data_dir) in " ".join(cmd)
+            return (
+                proc.status() != psutil.STATUS_ZOMBIE
+                and "postgres" in Path(cmd[0]).name
+                and str(self.data_dir) in " ".join(cmd)
+            )
         except (psutil.Error, IndexError):
             return False
 
@@ -133,24 +159,40 @@ class LocalPostgres:
     def _binaries(self) -> Path:
         bins = find_binaries(self.pg.local.bin_dir)
         if bins is None:
-            raise UserError("PostgreSQL server binaries (initdb, pg_ctl, postgres) not found: "
-                            "`apt-get install postgresql` or set postgres.local.bin_dir")
+            raise UserError(
+                "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found: "
+                "`apt-get install postgresql` or set postgres.local.bin_dir"
+            )
         return bins
 
     def _initdb(self, bins: Path) -> None:
         self._prepare_dirs()
         if self.data_dir.exists() and any(self.data_dir.iterdir()):
-            raise UserError(f"{self.data_dir} is not empty but holds no PostgreSQL cluster; "
-                            "move it away or run `inv db.reset --yes`")
+            raise UserError(
+                f"{self.data_dir} is not empty but holds no PostgreSQL cluster; "
+                "move it away or run `inv db.reset --yes`"
+            )
         pwfile = self.root / ".initdb-pw"
         fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(postgres_password(self.settings) + "\n")
         self._chown(pwfile)
         try:
-            result = self._run([str(bins / "initdb"), "-D", str(self.data_dir), "-U", self.pg.user,
-                                f"--pwfile={pwfile}", "--auth=scram-sha-256", "-E", "UTF8",
-                                "--locale=C", "--no-instructions"])
+            result = self._run(
+                [
+                    str(bins / "initdb"),
+                    "-D",
+                    str(self.data_dir),
+                    "-U",
+                    self.pg.user,
+                    f"--pwfile={pwfile}",
+                    "--auth=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-instructions",
+                ]
+            )
         finally:
             pwfile.unlink(missing_ok=True)
         if result.returncode != 0:
@@ -160,8 +202,10 @@ class LocalPostgres:
     def _prepare_dirs(self) -> None:
         user = self._os_user()
         if user and not reachable_by(self.root, user):
-            raise UserError(f"{self.root} is closed to user {user.pw_name}, who runs PostgreSQL; "
-                            "set postgres.local.cluster_dir to a folder that user can reach")
+            raise UserError(
+                f"{self.root} is closed to user {user.pw_name}, who runs PostgreSQL; "
+                "set postgres.local.cluster_dir to a folder that user can reach"
+            )
         if self.root != self.state_dir:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self._location_note.write_text(f"{self.root}\n")
@@ -190,16 +234,22 @@ class LocalPostgres:
             return self.state_dir
         home = Path(user.pw_dir)
         if not (home.is_dir() and home.stat().st_uid == user.pw_uid and reachable_by(home, user)):
-            raise UserError(f"{self.state_dir} is closed to user {user.pw_name}, who runs PostgreSQL, and "
-                            f"their home {home} is not theirs to use; set postgres.local.cluster_dir")
+            raise UserError(
+                f"{self.state_dir} is closed to user {user.pw_name}, who runs PostgreSQL, and "
+                f"their home {home} is not theirs to use; set postgres.local.cluster_dir"
+            )
         state = str(self.settings.state_path.resolve())
         slug = re.sub(r"[^A-Za-z0-9_.]+", "-", state.strip("/"))[-40:].lstrip("-")
         digest = hashlib.sha256(state.encode()).hexdigest()[:10]
         return home / "mlflow-ops" / f"{slug}-{digest}"
 
     def _server_options(self) -> str:
-        options = {"port": self.pg.port, "listen_addresses": self.pg.host,
-                   "unix_socket_directories": self.socket_dir, **self.pg.local.parameters}
+        options = {
+            "port": self.pg.port,
+            "listen_addresses": self.pg.host,
+            "unix_socket_directories": self.socket_dir,
+            **self.pg.local.parameters,
+        }
         return " ".join(f"-c {key}={value}" for key, value in options.items())
 
     # --- running as root -------------------------------------------------------------
@@ -211,8 +261,10 @@ class LocalPostgres:
         try:
             return pwd.getpwnam(self.pg.local.os_user)
         except KeyError:
-            raise UserError(f"running as root, PostgreSQL needs an unprivileged OS user; "
-                            f"{self.pg.local.os_user!r} does not exist (create it or set postgres.local.os_user)") from None
+            raise UserError(
+                f"running as root, PostgreSQL needs an unprivileged OS user; "
+                f"{self.pg.local.os_user!r} does not exist (create it or set postgres.local.os_user)"
+            ) from None
 
     def _chown(self, path: Path) -> None:
         user = self._os_user()
@@ -224,8 +276,9 @@ class LocalPostgres:
         kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
         env = {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
         # start_new_session: the postmaster must not die with our terminal or our process group.
-        return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=self.root,
-                              start_new_session=True, **kwargs)
+        return subprocess.run(
+            cmd, capture_output=True, text=True, env=env, cwd=self.root, start_new_session=True, **kwargs
+        )
 
 
 def reachable_by(path: Path, user: pwd.struct_passwd) -> bool:

@@ -71,8 +71,12 @@ class ExternalPostgres:
 
     def status(self) -> dict:
         problem = check_reachable(self.settings)
-        return {"provider": self.name, "running": problem is None, "problem": problem,
-                "url": postgres_uri(self.settings)}
+        return {
+            "provider": self.name,
+            "running": problem is None,
+            "problem": problem,
+            "url": postgres_uri(self.settings),
+        }
 
     def logs(self, lines: int) -> str:
         raise UserError("the external PostgreSQL's logs are on its own host")
@@ -88,9 +92,11 @@ def _detect(settings: Settings, docker_client_factory) -> str:
         return "docker"
     if find_binaries(settings.postgres.local.bin_dir):
         return "local"
-    raise UserError("no Docker engine answers and no PostgreSQL server binaries were found: "
-                    "install Docker, or `apt-get install postgresql` (or set postgres.local.bin_dir), "
-                    "or point postgres.provider=external at a server")
+    raise UserError(
+        "no Docker engine answers and no PostgreSQL server binaries were found: "
+        "install Docker, or `apt-get install postgresql` (or set postgres.local.bin_dir), "
+        "or point postgres.provider=external at a server"
+    )
 
 
 def _choice_file(settings: Settings) -> Path:

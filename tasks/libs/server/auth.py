@@ -38,11 +38,15 @@ def auth_server_env(settings: Settings) -> dict[str, str]:
     secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(ini, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(INI.format(permission=auth.default_permission, database=auth_dir / "basic_auth.db",
-                            user=auth.admin_user))
+        fh.write(
+            INI.format(permission=auth.default_permission, database=auth_dir / "basic_auth.db", user=auth.admin_user)
+        )
     _, password = admin_credentials(settings)
-    return {"MLFLOW_AUTH_CONFIG_PATH": str(ini), "MLFLOW_AUTH_ADMIN_PASSWORD": password,
-            "MLFLOW_FLASK_SERVER_SECRET_KEY": stored_secret(settings, "flask_secret_key", generate=True)}
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": str(ini),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": stored_secret(settings, "flask_secret_key", generate=True),
+    }
 
 
 def client_env(settings: Settings) -> dict[str, str]:

@@ -26,8 +26,14 @@ def server_command(settings: Settings, *, stock: bool = False) -> list[str]:
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", cfg.host, "--port", str(cfg.port)]
     if stock:
         return cmd + ["--uvicorn-opts", STOCK_UVICORN_OPTS]
-    cmd += ["--workers", str(cfg.workers), "--artifacts-destination", str(settings.artifacts_dir),
-            "--allowed-hosts", allowed_hosts(settings)]
+    cmd += [
+        "--workers",
+        str(cfg.workers),
+        "--artifacts-destination",
+        str(settings.artifacts_dir),
+        "--allowed-hosts",
+        allowed_hosts(settings),
+    ]
     if cfg.uvicorn_opts:
         cmd += ["--uvicorn-opts", cfg.uvicorn_opts]
     if cfg.auth.enabled:

@@ -76,14 +76,18 @@ def start_server(settings: Settings, *, stock: bool = False) -> StartResult:
     current = running_record(settings)
     if current:
         if current.backend != settings.backend:
-            raise UserError(f"the server already runs on {current.backend} (pid {current.pid});"
-                            " stop it first or use `inv server.restart`")
+            raise UserError(
+                f"the server already runs on {current.backend} (pid {current.pid});"
+                " stop it first or use `inv server.restart`"
+            )
         return StartResult(current, 0.0, True, [])
 
     cfg = settings.server
     if not port_is_free(cfg.host, cfg.port):
-        raise UserError(f"port {cfg.port} on {cfg.host} is in use by {port_holder(cfg.port)}; "
-                        "stop that or pick another port (--port)")
+        raise UserError(
+            f"port {cfg.port} on {cfg.host} is in use by {port_holder(cfg.port)}; "
+            "stop that or pick another port (--port)"
+        )
     warnings = [] if stock else bind_warnings(settings)
     if settings.backend == "postgres":
         settings = _postgres_or_fallback(settings, warnings, fallback=cfg.fallback_to_sqlite and not stock)
@@ -94,10 +98,22 @@ def start_server(settings: Settings, *, stock: bool = False) -> StartResult:
     settings.state_path.mkdir(parents=True, exist_ok=True, mode=0o711)
     settings.artifacts_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     started = time.monotonic()
-    proc = start_group(server_command(settings, stock=stock), env=server_env(settings, stock=stock),
-                       log_path=paths.log_file, cwd=settings.state_path)
-    record = ServerRecord.of(proc.pid, backend=settings.backend, host=cfg.host, port=cfg.port, url=cfg.url,
-                             store=backend_store_uri(settings), log=str(paths.log_file), stock=stock)
+    proc = start_group(
+        server_command(settings, stock=stock),
+        env=server_env(settings, stock=stock),
+        log_path=paths.log_file,
+        cwd=settings.state_path,
+    )
+    record = ServerRecord.of(
+        proc.pid,
+        backend=settings.backend,
+        host=cfg.host,
+        port=cfg.port,
+        url=cfg.url,
+        store=backend_store_uri(settings),
+        log=str(paths.log_file),
+        stock=stock,
+    )
     record.write(paths.pid_file)
     headers = {} if stock else basic_auth_header(settings)
 
@@ -124,12 +140,15 @@ def _postgres_or_fallback(settings: Settings, warnings: list[str], *, fallback: 
     if problem is None:
         return settings
     if fallback:
-        warnings.append(f"WARNING: PostgreSQL is not usable ({problem}); FALLING BACK TO SQLITE "
-                        f"at {settings.sqlite_file}")
+        warnings.append(
+            f"WARNING: PostgreSQL is not usable ({problem}); FALLING BACK TO SQLITE at {settings.sqlite_file}"
+        )
         return settings.model_copy(update={"backend": "sqlite"})
     if "authentication failed" in problem:
-        raise UserError(f"PostgreSQL refused the login ({problem}); set MLFLOW_OPS_POSTGRES__PASSWORD "
-                        "to the database's password, or `inv db.reset --yes --wipe` to start over")
+        raise UserError(
+            f"PostgreSQL refused the login ({problem}); set MLFLOW_OPS_POSTGRES__PASSWORD "
+            "to the database's password, or `inv db.reset --yes --wipe` to start over"
+        )
     raise UserError(f"PostgreSQL is not usable ({problem}); run `inv db.start` first")
 
 
@@ -162,9 +181,16 @@ def server_status(settings: Settings) -> dict:
     record = running_record(settings)
     if record is None:
         return {"running": False}
-    return {"running": True, "pid": record.pid, "uptime_s": round(time.time() - record.started_at),
-            "backend": record.backend, "store": record.store, "url": record.url,
-            "healthy": health(record.url), "log": record.log}
+    return {
+        "running": True,
+        "pid": record.pid,
+        "uptime_s": round(time.time() - record.started_at),
+        "backend": record.backend,
+        "store": record.store,
+        "url": record.url,
+        "healthy": health(record.url),
+        "log": record.log,
+    }
 
 
 def log_tail(settings: Settings, lines: int) -> str:
@@ -200,8 +226,11 @@ def health(url: str) -> bool:
 
 def store_answers(url: str, *, headers: dict[str, str] | None = None) -> bool:
     body = json.dumps({"max_results": 1}).encode()
-    req = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/search", data=body,
-                                 headers={"Content-Type": "application/json", **(headers or {})})
+    req = urllib.request.Request(
+        f"{url}/api/2.0/mlflow/experiments/search",
+        data=body,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
             return resp.status == 200
@@ -212,6 +241,9 @@ def store_answers(url: str, *, headers: dict[str, str] | None = None) -> bool:
 def bind_warnings(settings: Settings) -> list[str]:
     if is_loopback(settings.server.host):
         return []
-    auth = "sign-in is required (basic auth)" if settings.server.auth.enabled else \
-        "anyone who reaches it can read and change runs: consider server.auth.enabled"
+    auth = (
+        "sign-in is required (basic auth)"
+        if settings.server.auth.enabled
+        else "anyone who reaches it can read and change runs: consider server.auth.enabled"
+    )
     return [f"WARNING: the server listens on {settings.server.host}, reachable from other machines; {auth}"]

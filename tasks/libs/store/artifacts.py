@@ -59,7 +59,9 @@ def artifact_sizes(store: StoreReader, artifacts_dir: str | Path | None, *, limi
 
     tables = set(store.tables())
     experiments = {str(e): loc for e, loc in store.rows("SELECT experiment_id, artifact_location FROM experiments")}
-    runs = store.rows("SELECT run_uuid, experiment_id, artifact_uri, lifecycle_stage FROM runs ORDER BY start_time DESC")
+    runs = store.rows(
+        "SELECT run_uuid, experiment_id, artifact_uri, lifecycle_stage FROM runs ORDER BY start_time DESC"
+    )
     owned: set[Path] = set()  # folders some row claims
     run_entries, missing, remote = [], [], 0
     for run_id, exp_id, uri, stage in runs:
@@ -71,7 +73,15 @@ def artifact_sizes(store: StoreReader, artifacts_dir: str | Path | None, *, limi
         owned.add(folder)
         if path.is_dir():
             size, files = tree_size(folder)
-            run_entries.append({"experiment_id": exp_id, "run_id": run_id, "bytes": size, "files": files, "deleted": stage == "deleted"})
+            run_entries.append(
+                {
+                    "experiment_id": exp_id,
+                    "run_id": run_id,
+                    "bytes": size,
+                    "files": files,
+                    "deleted": stage == "deleted",
+                }
+            )
         else:
             missing.append({"experiment_id": exp_id, "run_id": run_id, "expected": str(path)})
     for folder_name, (table, id_column) in ENTITY_FOLDERS.items():

@@ -97,7 +97,9 @@ def table_counts(store: StoreReader, *, with_schema: bool = False) -> list[dict[
         if with_schema:
             columns = columns_by_table.get(table, [])
             entry["columns"] = columns
-            entry["primary_key"] = [c["name"] for c in sorted(columns, key=lambda c: c["primary_key"]) if c["primary_key"]]
+            entry["primary_key"] = [
+                c["name"] for c in sorted(columns, key=lambda c: c["primary_key"]) if c["primary_key"]
+            ]
             entry["foreign_keys"] = [
                 {"columns": list(fk.columns), "references": fk.parent, "parent_columns": list(fk.parent_columns)}
                 for fk in keys_by_table.get(table, [])
@@ -118,10 +120,16 @@ def schema_revision(store: StoreReader) -> dict[str, Any]:
     scripts = ScriptDirectory(db_migrations.__path__[0])
     head = scripts.get_current_head()
     revisions = [r[0] for r in store.rows("SELECT version_num FROM alembic_version")]
-    info: dict[str, Any] = {"store_revision": ", ".join(revisions) or None, "head_revision": head,
-                            "mlflow_version": mlflow.__version__, "behind": None}
+    info: dict[str, Any] = {
+        "store_revision": ", ".join(revisions) or None,
+        "head_revision": head,
+        "mlflow_version": mlflow.__version__,
+        "behind": None,
+    }
     if not revisions:
-        info.update(state="unknown", advice="alembic_version is empty: the schema was never stamped; run `mlflow db upgrade`")
+        info.update(
+            state="unknown", advice="alembic_version is empty: the schema was never stamped; run `mlflow db upgrade`"
+        )
     elif revisions == [head]:
         info.update(state="up to date", behind=0, advice="")
     elif all(_known_revision(scripts, r) for r in revisions):
@@ -130,10 +138,15 @@ def schema_revision(store: StoreReader) -> dict[str, Any]:
             info["behind"] = behind - 1 if behind else None
         except CommandError:
             pass
-        info.update(state="needs upgrade", advice=f"run `mlflow db upgrade <uri>` with MLflow {mlflow.__version__} (back up first)")
+        info.update(
+            state="needs upgrade",
+            advice=f"run `mlflow db upgrade <uri>` with MLflow {mlflow.__version__} (back up first)",
+        )
     else:
-        info.update(state="newer than installed MLflow",
-                    advice=f"written by a newer MLflow than {mlflow.__version__}; upgrade MLflow, do not downgrade the store")
+        info.update(
+            state="newer than installed MLflow",
+            advice=f"written by a newer MLflow than {mlflow.__version__}; upgrade MLflow, do not downgrade the store",
+        )
     return info
 
 
@@ -201,8 +214,12 @@ def _orphans(store: StoreReader, fk: ForeignKey, *, parent_exists: bool = True) 
         return None
     cols = ", ".join(f"c.{q(col)}" for col in fk.columns)
     return {
-        "table": fk.table, "columns": list(fk.columns), "parent": fk.parent,
-        "parent_columns": list(fk.parent_columns), "name": fk.name, "rows": count,
+        "table": fk.table,
+        "columns": list(fk.columns),
+        "parent": fk.parent,
+        "parent_columns": list(fk.parent_columns),
+        "name": fk.name,
+        "rows": count,
         "sample": [list(r) for r in store.rows(f"SELECT {cols} {where} LIMIT 3")],
     }
 
@@ -210,8 +227,13 @@ def _orphans(store: StoreReader, fk: ForeignKey, *, parent_exists: bool = True) 
 # --- runs ------------------------------------------------------------------------------
 
 
-def run_health(store: StoreReader, *, stale_hours: float = DEFAULT_STALE_HOURS,
-               limit: int = DEFAULT_LIMIT, now_ms: int | None = None) -> dict[str, Any]:
+def run_health(
+    store: StoreReader,
+    *,
+    stale_hours: float = DEFAULT_STALE_HOURS,
+    limit: int = DEFAULT_LIMIT,
+    now_ms: int | None = None,
+) -> dict[str, Any]:
     """Run counts by status per experiment, stale RUNNING runs, runs without an end time."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     per_experiment: dict[Any, dict[str, Any]] = {}
@@ -220,7 +242,9 @@ def run_health(store: StoreReader, *, stale_hours: float = DEFAULT_STALE_HOURS,
         "LEFT JOIN experiments e ON e.experiment_id = r.experiment_id "
         "GROUP BY r.experiment_id, e.name, r.status, r.lifecycle_stage ORDER BY r.experiment_id"
     ):
-        entry = per_experiment.setdefault(exp_id, {"experiment_id": exp_id, "experiment": exp_name, "total": 0, "deleted": 0})
+        entry = per_experiment.setdefault(
+            exp_id, {"experiment_id": exp_id, "experiment": exp_name, "total": 0, "deleted": 0}
+        )
         entry["total"] += count
         if stage == "deleted":
             entry["deleted"] += count
@@ -246,8 +270,14 @@ def _run_list(store: StoreReader, condition: str, params: dict[str, Any], now_ms
         params,
     )
     return [
-        {"run_id": run_id, "name": name, "experiment_id": exp_id, "status": status,
-         "started": _iso(start), "age_hours": None if start is None else round((now_ms - start) / 3_600_000, 1)}
+        {
+            "run_id": run_id,
+            "name": name,
+            "experiment_id": exp_id,
+            "status": status,
+            "started": _iso(start),
+            "age_hours": None if start is None else round((now_ms - start) / 3_600_000, 1),
+        }
         for run_id, name, exp_id, status, start in found
     ]
 
@@ -274,7 +304,7 @@ def metric_progress(store: StoreReader, *, limit: int = DEFAULT_LIMIT) -> dict[s
         '  SELECT run_uuid, "key", value, is_nan,'
         '    ROW_NUMBER() OVER (PARTITION BY run_uuid, "key" ORDER BY step, timestamp, value) AS first_rank,'
         '    ROW_NUMBER() OVER (PARTITION BY run_uuid, "key" ORDER BY step DESC, timestamp DESC, value DESC) AS last_rank'
-        '  FROM metrics) ranked WHERE first_rank = 1 OR last_rank = 1'
+        "  FROM metrics) ranked WHERE first_rank = 1 OR last_rank = 1"
     ):
         value = float("nan") if is_nan else float(value)
         if first_rank == 1:
@@ -286,11 +316,20 @@ def metric_progress(store: StoreReader, *, limit: int = DEFAULT_LIMIT) -> dict[s
     for (run, key), stat in stats.items():
         first, last = ends[(run, key)]["first"], ends[(run, key)]["last"]
         name, exp_id, start = runs.get(run, (None, None, None))
-        entries.append({
-            "run_id": run, "run_name": name, "experiment_id": exp_id, "key": key, "first": first, "last": last,
-            "change": last - first, "relative_change": (last - first) / abs(first) if first else None,
-            **stat, "_start": start or 0,
-        })
+        entries.append(
+            {
+                "run_id": run,
+                "run_name": name,
+                "experiment_id": exp_id,
+                "key": key,
+                "first": first,
+                "last": last,
+                "change": last - first,
+                "relative_change": (last - first) / abs(first) if first else None,
+                **stat,
+                "_start": start or 0,
+            }
+        )
     # Newest runs first: with many runs those are the ones worth seeing.
     entries.sort(key=lambda e: (-e["_start"], e["run_id"], e["key"]))
     shown_runs: list[str] = []
@@ -328,9 +367,7 @@ def model_registry(store: StoreReader) -> dict[str, Any]:
     )
     for v in versions:
         v["run_exists"] = None if v["run_exists"] is None else bool(v["run_exists"])
-    aliases = store.dicts(
-        "SELECT name, alias, version FROM registered_model_aliases ORDER BY workspace, name, alias"
-    )
+    aliases = store.dicts("SELECT name, alias, version FROM registered_model_aliases ORDER BY workspace, name, alias")
     return {"models": models, "versions": versions, "aliases": aliases}
 
 
@@ -342,10 +379,15 @@ def store_sizes(store: StoreReader) -> dict[str, Any]:
     if store.dialect == "sqlite":
         path = store.sqlite_path
         assert path is not None  # set for every SQLite store
-        files = {"database": file_size(path), "wal": file_size(Path(f"{path}-wal")), "shm": file_size(Path(f"{path}-shm"))}
+        files = {
+            "database": file_size(path),
+            "wal": file_size(Path(f"{path}-wal")),
+            "shm": file_size(Path(f"{path}-shm")),
+        }
         page_size = store.scalar("PRAGMA page_size")
         result: dict[str, Any] = {
-            "files": files, "total_bytes": sum(v or 0 for v in files.values()),
+            "files": files,
+            "total_bytes": sum(v or 0 for v in files.values()),
             "journal_mode": sqlite_journal_mode(path),
             "free_bytes": store.scalar("PRAGMA freelist_count") * page_size,
         }
@@ -367,5 +409,8 @@ def store_sizes(store: StoreReader) -> dict[str, Any]:
         "FROM pg_class c WHERE c.relkind = 'r' AND c.relnamespace = current_schema()::regnamespace "
         "ORDER BY pg_total_relation_size(c.oid) DESC, c.relname"
     )
-    return {"database_bytes": store.scalar("SELECT pg_database_size(current_database())"),
-            "total_bytes": sum(t["total_bytes"] for t in tables), "tables": tables}
+    return {
+        "database_bytes": store.scalar("SELECT pg_database_size(current_database())"),
+        "total_bytes": sum(t["total_bytes"] for t in tables),
+        "tables": tables,
+    }

@@ -95,8 +95,13 @@ class StoreReader:
         for (_, table), cols in self.inspector.get_multi_columns().items():
             key = keys.get(table, [])
             found[table] = [
-                {"name": c["name"], "type": self._type_name(c["type"]), "nullable": c["nullable"],
-                 "default": c.get("default"), "primary_key": key.index(c["name"]) + 1 if c["name"] in key else 0}
+                {
+                    "name": c["name"],
+                    "type": self._type_name(c["type"]),
+                    "nullable": c["nullable"],
+                    "default": c.get("default"),
+                    "primary_key": key.index(c["name"]) + 1 if c["name"] in key else 0,
+                }
                 for c in cols
             ]
         return found
@@ -112,8 +117,14 @@ class StoreReader:
         found = self.inspector.get_multi_foreign_keys()
         own = {None, self.inspector.default_schema_name}
         return [
-            ForeignKey(table, tuple(fk["constrained_columns"]), fk["referred_table"], tuple(fk["referred_columns"]),
-                       fk.get("name") or "", None if fk.get("referred_schema") in own else fk["referred_schema"])
+            ForeignKey(
+                table,
+                tuple(fk["constrained_columns"]),
+                fk["referred_table"],
+                tuple(fk["referred_columns"]),
+                fk.get("name") or "",
+                None if fk.get("referred_schema") in own else fk["referred_schema"],
+            )
             for (_, table), keys in sorted(found.items(), key=lambda item: item[0][1])
             for fk in sorted(keys, key=lambda k: (k.get("name") or "", k["constrained_columns"]))
         ]
@@ -165,14 +176,18 @@ def open_store(uri: str) -> Iterator[StoreReader]:
     try:
         url = make_url(uri)
     except ArgumentError:
-        raise UserError(f"{mask_uri(uri)!r} is not a database URI (expected sqlite:////abs/file.db or postgresql+psycopg2://...)") from None
+        raise UserError(
+            f"{mask_uri(uri)!r} is not a database URI (expected sqlite:////abs/file.db or postgresql+psycopg2://...)"
+        ) from None
     backend = url.get_backend_name()
     if backend == "sqlite":
         reader = _open_sqlite(uri, url.database)
     elif backend in ("postgresql", "postgres"):
         reader = _open_postgres(url)
     else:
-        raise UnsupportedStore(f"{mask_uri(uri)}: unsupported backend {backend!r}; inspect reads SQLite and PostgreSQL stores")
+        raise UnsupportedStore(
+            f"{mask_uri(uri)}: unsupported backend {backend!r}; inspect reads SQLite and PostgreSQL stores"
+        )
     engine = reader.connection.engine
     try:
         _check_is_mlflow_store(reader)
@@ -189,10 +204,14 @@ def _open_sqlite(uri: str, database: str | None) -> StoreReader:
         raise UnsupportedStore(f"{mask_uri(uri)!r} names no database file; give sqlite:////absolute/path/mlflow.db")
     path = Path(database).expanduser().resolve()
     if not path.is_file():
-        raise UserError(f"no SQLite store at {path}: the file does not exist (start the server once, or fix --uri / sqlite.path)")
+        raise UserError(
+            f"no SQLite store at {path}: the file does not exist (start the server once, or fix --uri / sqlite.path)"
+        )
     open_uri = _sqlite_open_uri(path)
     # busy_timeout as MLflow's own: a live server may hold a write lock for a moment.
-    engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(open_uri, uri=True, timeout=20), poolclass=NullPool)
+    engine = create_engine(
+        "sqlite://", creator=lambda: sqlite3.connect(open_uri, uri=True, timeout=20), poolclass=NullPool
+    )
     connection = None
     try:
         connection = engine.connect()
@@ -250,8 +269,9 @@ def _open_postgres(url: URL) -> StoreReader:
     # One consistent snapshot for every section; psycopg2 opens the transaction READ ONLY.
     connection = connection.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
     connection.begin()
-    return StoreReader(connection, mask_uri(url.render_as_string(hide_password=False)),
-                       f"PostgreSQL {where}/{url.database or ''}")
+    return StoreReader(
+        connection, mask_uri(url.render_as_string(hide_password=False)), f"PostgreSQL {where}/{url.database or ''}"
+    )
 
 
 def _connect_problem(exc: DBAPIError, where: str, url: URL) -> str:
@@ -270,7 +290,9 @@ def _connect_problem(exc: DBAPIError, where: str, url: URL) -> str:
 def _check_is_mlflow_store(reader: StoreReader) -> None:
     tables = set(reader.tables())
     if not tables:
-        raise UserError(f"{reader.shown_uri} is an empty database (no tables); start an MLflow server on it once to create the schema")
+        raise UserError(
+            f"{reader.shown_uri} is an empty database (no tables); start an MLflow server on it once to create the schema"
+        )
     missing = [t for t in MLFLOW_CORE_TABLES if t not in tables]
     if missing:
         raise UserError(f"{reader.shown_uri} is not an MLflow store: no {', '.join(missing)} table(s)")

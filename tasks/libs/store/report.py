@@ -61,8 +61,9 @@ class _Out:
 
     def table(self, rows: list, headers: list[str]) -> None:
         if rows:
-            self.parts.append(tabulate(rows, headers=headers, tablefmt="github" if self.markdown else "simple",
-                                       disable_numparse=True))
+            self.parts.append(
+                tabulate(rows, headers=headers, tablefmt="github" if self.markdown else "simple", disable_numparse=True)
+            )
         else:
             self.line("(none)")
 
@@ -94,7 +95,9 @@ def format_change(entry: dict[str, Any], as_percent: bool) -> str:
     if as_percent:
         return f"{change * 100:+.2f} pp"
     relative = entry.get("relative_change")
-    return f"{change:+.6g}" + (f" ({relative * 100:+.1f}%)" if relative is not None and not math.isnan(relative) else "")
+    return f"{change:+.6g}" + (
+        f" ({relative * 100:+.1f}%)" if relative is not None and not math.isnan(relative) else ""
+    )
 
 
 def _tables(out: _Out, tables: list[dict]) -> None:
@@ -104,38 +107,76 @@ def _tables(out: _Out, tables: list[dict]) -> None:
         if "columns" not in t:
             continue
         out.subheading(f"{t['table']}  primary key ({', '.join(t['primary_key'])})")
-        out.table([[c["name"], c["type"], "" if c["nullable"] else "NOT NULL", "" if c["default"] is None else c["default"]]
-                   for c in t["columns"]], ["column", "type", "null", "default"])
+        out.table(
+            [
+                [
+                    c["name"],
+                    c["type"],
+                    "" if c["nullable"] else "NOT NULL",
+                    "" if c["default"] is None else c["default"],
+                ]
+                for c in t["columns"]
+            ],
+            ["column", "type", "null", "default"],
+        )
         for fk in t["foreign_keys"]:
-            out.line(f"  foreign key ({', '.join(fk['columns'])}) -> {fk['references']} ({', '.join(fk['parent_columns'])})")
+            out.line(
+                f"  foreign key ({', '.join(fk['columns'])}) -> {fk['references']} ({', '.join(fk['parent_columns'])})"
+            )
 
 
 def _schema(out: _Out, info: dict) -> None:
     behind = f" ({info['behind']} migration(s) behind)" if info.get("behind") else ""
-    out.table([["store revision", info["store_revision"] or "-"], ["head of MLflow " + info["mlflow_version"], info["head_revision"]],
-               ["state", info["state"] + behind]] + ([["advice", info["advice"]]] if info["advice"] else []),
-              ["", ""])
+    out.table(
+        [
+            ["store revision", info["store_revision"] or "-"],
+            ["head of MLflow " + info["mlflow_version"], info["head_revision"]],
+            ["state", info["state"] + behind],
+        ]
+        + ([["advice", info["advice"]]] if info["advice"] else []),
+        ["", ""],
+    )
 
 
 def _integrity(out: _Out, info: dict) -> None:
     if info["orphans"]:
-        out.table([[f"{o['table']} ({', '.join(o['columns'])})", f"{o['parent']} ({', '.join(o['parent_columns'])})",
-                    o["rows"], "; ".join(", ".join(map(str, s)) for s in o["sample"])] for o in info["orphans"]],
-                  ["rows in", "point to missing", "orphans", "sample"])
+        out.table(
+            [
+                [
+                    f"{o['table']} ({', '.join(o['columns'])})",
+                    f"{o['parent']} ({', '.join(o['parent_columns'])})",
+                    o["rows"],
+                    "; ".join(", ".join(map(str, s)) for s in o["sample"]),
+                ]
+                for o in info["orphans"]
+            ],
+            ["rows in", "point to missing", "orphans", "sample"],
+        )
     out.line(f"{info['relationships_checked']} foreign-key relationships checked, {info['orphan_rows']} orphan row(s)")
     check = info["integrity_check"]
     if check is not None:
         out.line("integrity_check: " + (check if isinstance(check, str) else "; ".join(check)))
-    for key, what in (("unvalidated_foreign_keys", "foreign keys not validated"), ("invalid_indexes", "invalid indexes")):
+    for key, what in (
+        ("unvalidated_foreign_keys", "foreign keys not validated"),
+        ("invalid_indexes", "invalid indexes"),
+    ):
         if info.get(key) is not None:
             out.line(f"{what}: {', '.join(info[key]) or 'none'}")
 
 
 def _runs(out: _Out, info: dict) -> None:
-    statuses = [s for s in ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED", "NONE")
-                if any(s in e for e in info["by_experiment"])]
-    out.table([[e["experiment_id"], e["experiment"], e["total"], *[e.get(s, 0) for s in statuses], e["deleted"]]
-               for e in info["by_experiment"]], ["id", "experiment", "runs", *statuses, "deleted"])
+    statuses = [
+        s
+        for s in ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED", "NONE")
+        if any(s in e for e in info["by_experiment"])
+    ]
+    out.table(
+        [
+            [e["experiment_id"], e["experiment"], e["total"], *[e.get(s, 0) for s in statuses], e["deleted"]]
+            for e in info["by_experiment"]
+        ],
+        ["id", "experiment", "runs", *statuses, "deleted"],
+    )
     out.subheading(f"RUNNING for more than {info['stale_hours']:g} h ({info['stale_running_count']})")
     _run_list(out, info["stale_running"], info["stale_running_count"])
     out.subheading(f"without an end time ({info['without_end_time_count']})")
@@ -143,8 +184,10 @@ def _runs(out: _Out, info: dict) -> None:
 
 
 def _run_list(out: _Out, runs: list[dict], total: int) -> None:
-    out.table([[r["run_id"], r["name"], r["experiment_id"], r["status"], r["started"], r["age_hours"]] for r in runs],
-              ["run", "name", "exp", "status", "started", "age h"])
+    out.table(
+        [[r["run_id"], r["name"], r["experiment_id"], r["status"], r["started"], r["age_hours"]] for r in runs],
+        ["run", "name", "exp", "status", "started", "age h"],
+    )
     if total > len(runs):
         out.line(f"... {total - len(runs)} more")
 
@@ -152,23 +195,47 @@ def _run_list(out: _Out, runs: list[dict], total: int) -> None:
 def _metrics(out: _Out, info: dict) -> None:
     rows = []
     for e in info["per_run"]:
-        pct = bool(PERCENT_KEYS.search(e["key"])) and all(0 <= v <= 1 for v in (e["first"], e["last"]) if not math.isnan(v))
-        rows.append([e["run_name"] or e["run_id"][:8], e["key"],
-                     f"{format_value(e['key'], e['first'], pct)} -> {format_value(e['key'], e['last'], pct)}",
-                     format_change(e, pct), e["rows"], e["steps"]])
+        pct = bool(PERCENT_KEYS.search(e["key"])) and all(
+            0 <= v <= 1 for v in (e["first"], e["last"]) if not math.isnan(v)
+        )
+        rows.append(
+            [
+                e["run_name"] or e["run_id"][:8],
+                e["key"],
+                f"{format_value(e['key'], e['first'], pct)} -> {format_value(e['key'], e['last'], pct)}",
+                format_change(e, pct),
+                e["rows"],
+                e["steps"],
+            ]
+        )
     out.table(rows, ["run", "key", "first -> last", "change", "rows", "steps"])
     more = f"; newest {len({e['run_id'] for e in info['per_run']})} runs shown" if info["runs_not_shown"] else ""
-    out.line(f"{info['metric_rows']} metric rows in {info['series']} series over {info['runs_with_metrics']} runs{more}")
+    out.line(
+        f"{info['metric_rows']} metric rows in {info['series']} series over {info['runs_with_metrics']} runs{more}"
+    )
 
 
 def _registry(out: _Out, info: dict) -> None:
     out.subheading("registered models")
-    out.table([[m["name"], m["versions"], m["latest_version"] or "-", m["created"]] for m in info["models"]],
-              ["model", "versions", "latest", "created"])
+    out.table(
+        [[m["name"], m["versions"], m["latest_version"] or "-", m["created"]] for m in info["models"]],
+        ["model", "versions", "latest", "created"],
+    )
     out.subheading("versions")
-    out.table([[v["name"], v["version"], v["stage"] or "-", v["status"], v["run_id"] or "-",
-                {True: "yes", False: "MISSING", None: "-"}[v["run_exists"]]] for v in info["versions"]],
-              ["model", "version", "stage", "status", "run", "run exists"])
+    out.table(
+        [
+            [
+                v["name"],
+                v["version"],
+                v["stage"] or "-",
+                v["status"],
+                v["run_id"] or "-",
+                {True: "yes", False: "MISSING", None: "-"}[v["run_exists"]],
+            ]
+            for v in info["versions"]
+        ],
+        ["model", "version", "stage", "status", "run", "run exists"],
+    )
     out.subheading("aliases")
     out.table([[a["name"], a["alias"], a["version"]] for a in info["aliases"]], ["model", "alias", "version"])
 
@@ -176,17 +243,30 @@ def _registry(out: _Out, info: dict) -> None:
 def _sizes(out: _Out, info: dict) -> None:
     if "files" in info:
         f = info["files"]
-        out.table([["database", human_bytes(f["database"])], ["wal", human_bytes(f["wal"])], ["shm", human_bytes(f["shm"])],
-                   ["total", human_bytes(info["total_bytes"])], ["free pages", human_bytes(info["free_bytes"])],
-                   ["journal mode", info["journal_mode"]]], ["sqlite file", "size"])
+        out.table(
+            [
+                ["database", human_bytes(f["database"])],
+                ["wal", human_bytes(f["wal"])],
+                ["shm", human_bytes(f["shm"])],
+                ["total", human_bytes(info["total_bytes"])],
+                ["free pages", human_bytes(info["free_bytes"])],
+                ["journal mode", info["journal_mode"]],
+            ],
+            ["sqlite file", "size"],
+        )
     else:
         out.line(f"database {human_bytes(info['database_bytes'])}, tables {human_bytes(info['total_bytes'])}")
     if info.get("tables"):
         out.subheading(f"largest tables (top {TOP_TABLES_BY_SIZE})")
         key = "total_bytes" if "total_bytes" in info["tables"][0] else "bytes"
-        out.table([[t["table"], human_bytes(t[key])] + ([human_bytes(t["table_bytes"]), human_bytes(t["index_bytes"])]
-                   if "index_bytes" in t else []) for t in info["tables"][:TOP_TABLES_BY_SIZE]],
-                  ["table", "total"] + (["data", "indexes"] if "index_bytes" in info["tables"][0] else []))
+        out.table(
+            [
+                [t["table"], human_bytes(t[key])]
+                + ([human_bytes(t["table_bytes"]), human_bytes(t["index_bytes"])] if "index_bytes" in t else [])
+                for t in info["tables"][:TOP_TABLES_BY_SIZE]
+            ],
+            ["table", "total"] + (["data", "indexes"] if "index_bytes" in info["tables"][0] else []),
+        )
     _artifacts(out, info.get("artifacts") or {})
 
 
@@ -196,15 +276,26 @@ def _artifacts(out: _Out, art: dict) -> None:
         out.line(art["note"])
         return
     out.line(f"{human_bytes(art['total_bytes'])} in {art['files']} files")
-    out.table([[e["experiment_id"], human_bytes(e["bytes"]), e["files"]] for e in art["per_experiment"]],
-              ["experiment", "size", "files"])
+    out.table(
+        [[e["experiment_id"], human_bytes(e["bytes"]), e["files"]] for e in art["per_experiment"]],
+        ["experiment", "size", "files"],
+    )
     out.subheading("largest runs")
-    out.table([[r["experiment_id"], r["run_id"], human_bytes(r["bytes"]), r["files"], "deleted" if r["deleted"] else ""]
-               for r in art["per_run"]], ["exp", "run", "size", "files", ""])
+    out.table(
+        [
+            [r["experiment_id"], r["run_id"], human_bytes(r["bytes"]), r["files"], "deleted" if r["deleted"] else ""]
+            for r in art["per_run"]
+        ],
+        ["exp", "run", "size", "files", ""],
+    )
     out.subheading(f"folders without a run ({len(art['orphan_folders'])})")
-    out.table([[o["path"], o["kind"], human_bytes(o["bytes"]), o["files"]] for o in art["orphan_folders"]],
-              ["folder", "owner", "size", "files"])
-    out.subheading(f"runs without an artifact folder ({art['runs_missing_folder_count']}; normal if they logged no artifact)")
+    out.table(
+        [[o["path"], o["kind"], human_bytes(o["bytes"]), o["files"]] for o in art["orphan_folders"]],
+        ["folder", "owner", "size", "files"],
+    )
+    out.subheading(
+        f"runs without an artifact folder ({art['runs_missing_folder_count']}; normal if they logged no artifact)"
+    )
     out.table([[m["experiment_id"], m["run_id"]] for m in art["runs_missing_folder"]], ["exp", "run"])
     if art["runs_missing_folder_count"] > len(art["runs_missing_folder"]):
         out.line(f"... {art['runs_missing_folder_count'] - len(art['runs_missing_folder'])} more")
@@ -213,6 +304,11 @@ def _artifacts(out: _Out, art: dict) -> None:
 
 
 _WRITERS: dict[str, Callable[[_Out, Any], None]] = {
-    "tables": _tables, "schema": _schema, "integrity": _integrity, "runs": _runs,
-    "metrics": _metrics, "registry": _registry, "sizes": _sizes,
+    "tables": _tables,
+    "schema": _schema,
+    "integrity": _integrity,
+    "runs": _runs,
+    "metrics": _metrics,
+    "registry": _registry,
+    "sizes": _sizes,
 }

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from tasks.libs.core.processes import free_port, group_members
 from tasks.libs.core.settings import load_settings
-from tasks.libs.postgres.providers import provider_for
+from tasks.libs.postgres.local import LocalPostgres
 from tasks.libs.server.lifecycle import ServerPaths, ServerRecord
 from tests.support.cli import hermetic_env, inv, pid_files, processes_in
 from tests.support.settings import make_state_dir
@@ -214,7 +214,8 @@ def test_password_with_uri_characters_works_and_is_never_shown(cli_postgres):
     assert client.get_run(run.info.run_id).data.metrics == {"loss": 0.5}
 
     record = ServerRecord.read(ServerPaths.of(settings).pid_file)
-    db = provider_for(settings.model_copy(update={"backend": "postgres"}))
+    assert record is not None
+    db = LocalPostgres(settings.model_copy(update={"backend": "postgres"}))
     postmaster = psutil.Process(db.postmaster_pid())
     processes = [*group_members(record.pgid), postmaster, *postmaster.children(recursive=True)]
     assert len(processes) >= 4
@@ -236,7 +237,7 @@ def test_postgres_runs_as_an_unprivileged_user_when_we_are_root(cli_postgres):
         pytest.skip("only meaningful as root")
     _, _, settings, _ = cli_postgres
     user = pwd.getpwnam(settings.postgres.local.os_user)
-    db = provider_for(settings.model_copy(update={"backend": "postgres"}))
+    db = LocalPostgres(settings.model_copy(update={"backend": "postgres"}))
     postmaster = psutil.Process(db.postmaster_pid())
     for proc in [postmaster, *postmaster.children(recursive=True)]:
         assert proc.uids().real == user.pw_uid != 0 and proc.uids().effective == user.pw_uid

@@ -19,8 +19,7 @@ from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.processes import group_members
 from tasks.libs.core.settings import load_settings
 from tasks.libs.core.waits import wait_until
-from tasks.libs.postgres.binaries import find_binaries
-from tasks.libs.postgres.providers import provider_for
+from tasks.libs.postgres.local import LocalPostgres
 from tasks.libs.server.lifecycle import (
     ServerPaths,
     ServerRecord,
@@ -101,6 +100,7 @@ def test_tool_sigkilled_during_start_then_status_and_start_see_the_truth(state_d
         fresh = inv("server.start", env=env)
         assert fresh.returncode == 0 and "server ready" in fresh.stdout, fresh.stdout + fresh.stderr
         new_record = ServerRecord.read(pid_file)
+        assert new_record is not None
         assert new_record.pid != foreign.pid and foreign.poll() is None
         stopped = inv("server.stop", env=env)
         assert stopped.returncode == 0 and f"stopped the server (pid {new_record.pid}" in stopped.stdout
@@ -135,7 +135,7 @@ def test_server_sigkilled_under_four_clients_loses_no_acknowledged_metric(state_
         assert not again.reused and again.record.pid != first.record.pid
         client = MlflowClient(settings.server.url)
         for log in logs:
-            served = {m.step for m in client.get_metric_history(log.run_id, "m")}
+            served = {m.step for m in client.get_metric_history(str(log.run_id), "m")}
             assert log.ok <= served, f"{log.name}: acknowledged but lost: {sorted(log.ok - served)[:20]}"
         assert lost_acknowledged(logs, settings) == {}
 
@@ -154,7 +154,7 @@ def test_server_sigkilled_under_four_clients_loses_no_acknowledged_metric(state_
 
 def test_postgres_stopped_in_immediate_mode_mid_workload_is_recovered_with_every_commit(state_dir):
     settings = make_settings(state_dir, backend="postgres")
-    db = provider_for(settings)
+    db = LocalPostgres(settings)
     db.start()
     clients = None
     try:
@@ -162,7 +162,8 @@ def test_postgres_stopped_in_immediate_mode_mid_workload_is_recovered_with_every
         clients = Clients(settings.server.url, state_dir, 4)
         assert clients.wait_for(lambda log: len(log.ok) >= 10, timeout=240), _summary(clients.refresh())
         postmaster = db.postmaster_pid()
-        crash = db._run([str(find_binaries(None) / "pg_ctl"), "stop", "-D", str(db.data_dir), "-m", "immediate", "-w"])
+        assert postmaster is not None
+        crash = db._run([str(db._binaries() / "pg_ctl"), "stop", "-D", str(db.data_dir), "-m", "immediate", "-w"])
         assert crash.returncode == 0, crash.stderr
         assert wait_until(lambda: gone(postmaster), timeout=30) and not db.is_running()
         assert clients.wait_for(lambda log: len(log.failed) >= 1, timeout=120), _summary(clients.refresh())

@@ -31,6 +31,7 @@ def test_stop_escalates_to_sigkill_for_a_child_that_ignores_sigterm():
     leader = subprocess.Popen(
         [sys.executable, "-c", STUBBORN], stdout=subprocess.PIPE, text=True, start_new_session=True
     )
+    assert leader.stdout is not None
     stubborn_pid = int(leader.stdout.readline())
     assert len(group_members(leader.pid)) == 2
     assert stop_group(leader.pid, grace=1) == "killed"

@@ -60,10 +60,11 @@ def test_healthy_server_passes_every_check_and_cleans_up(healthy_server, tmp_pat
     assert "integrity ok" in statuses["storage"][1] and "artifact files on disk" in statuses["storage"][1]
     assert report.experiment_name.startswith("mlflow-ops-check-")
     if ui_expected == PASS:
+        assert report.screenshot is not None
         assert report.screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"![experiment runs page]({report.screenshot.name})" in to_markdown(report)
     client = MlflowClient(server.url, server.url)
-    assert client.get_experiment(report.experiment_id).lifecycle_stage == "deleted"
+    assert client.get_experiment(str(report.experiment_id)).lifecycle_stage == "deleted"
     assert client.search_registered_models(filter_string=f"name = '{report.registered_model}'") == []
 
 

@@ -129,5 +129,7 @@ def stored_steps(settings: Settings, run_ids: list[str]) -> dict[str, set[int]]:
 
 def lost_acknowledged(logs: list[ClientLog], settings: Settings) -> dict[str, list[int]]:
     """For each client, the steps whose call returned success but are not in the store."""
-    stored = stored_steps(settings, [log.run_id for log in logs])
-    return {log.name: sorted(log.ok - stored[log.run_id]) for log in logs if log.ok - stored[log.run_id]}
+    run_ids = {log.name: str(log.run_id) for log in logs}  # every client created its run before logging
+    stored = stored_steps(settings, list(run_ids.values()))
+    lost = {log.name: sorted(log.ok - stored[run_ids[log.name]]) for log in logs}
+    return {name: steps for name, steps in lost.items() if steps}

@@ -29,7 +29,7 @@ class FakeContainer:
         self.engine, self.name, self.image, self.labels = engine, name, image, labels
         self.kwargs = kwargs
         self.status = "created"
-        self.attrs = {"State": {}}
+        self.attrs: dict = {"State": {}}
         self._health, self._exits = health, exits
 
     def start(self):

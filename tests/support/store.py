@@ -66,7 +66,7 @@ def orphan_param_row(store_uri: str) -> Iterator[str]:
     bogus_run = uuid.uuid4().hex
     url = make_url(store_uri)
     if url.get_backend_name() == "sqlite":
-        conn = sqlite3.connect(url.database, timeout=30)  # foreign_keys is off on a fresh connection
+        conn = sqlite3.connect(str(url.database), timeout=30)  # foreign_keys is off on a fresh connection
         with conn:
             conn.execute("INSERT INTO params (key, value, run_uuid) VALUES ('orphan', 'x', ?)", (bogus_run,))
         try:
@@ -138,8 +138,8 @@ def store_fingerprint(store_uri: str) -> dict:
     """
     url = make_url(store_uri)
     if url.get_backend_name() == "sqlite":
-        path = Path(url.database)
-        found = {}
+        path = Path(str(url.database))
+        found: dict = {}
         for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-journal")):
             found[candidate.name] = hashlib.sha256(candidate.read_bytes()).hexdigest() if candidate.exists() else None
         found["shm exists"] = Path(f"{path}-shm").exists()

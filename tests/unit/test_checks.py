@@ -128,8 +128,10 @@ def test_report_files_show_results_durations_and_latency_warnings(tmp_path):
     paths = write_reports(report, tmp_path)
 
     suite = ET.parse(paths["junit"]).getroot().find("testsuite")
+    assert suite is not None
     assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("3", "1", "1")
     failure = suite.find("testcase[@name='02 broken']/failure")
+    assert failure is not None
     assert failure.get("message") == "params | read back wrong"
 
     data = json.loads(paths["json"].read_text())

@@ -48,14 +48,14 @@ def timing_rows(doc: dict) -> list[list[str]]:
     keys = sorted({(b, c, op) for b, _, c, op in cells}, key=lambda k: (k[0], k[1], OPS.index(k[2])))
     for backend, clients, op in keys:
         row = [backend, clients, op]
-        pair = [cells.get((backend, s, clients, op)) for s in ("tuned", "stock")]
-        for cell in pair:
+        tuned, stock = (cells.get((backend, s, clients, op)) for s in ("tuned", "stock"))
+        for cell in (tuned, stock):
             row += (
                 [fmt(cell["p50_ms"]), fmt(cell["p95_ms"]), fmt(cell["p99_ms"]), fmt(cell["throughput"]), cell["errors"]]
                 if cell
                 else ["-"] * 5
             )
-        row.append(_times(ratio(pair[1]["p50_ms"], pair[0]["p50_ms"])) if all(pair) else "-")
+        row.append(_times(ratio(stock["p50_ms"], tuned["p50_ms"])) if tuned and stock else "-")
         rows.append(row)
     return rows
 

@@ -50,7 +50,7 @@ def summarize(latencies: Sequence[float]) -> dict[str, Any]:
     }
 
 
-def ratio(numerator: float, denominator: float) -> float:
+def ratio(numerator: float | None, denominator: float | None) -> float:
     """numerator / denominator; NaN when either is missing, NaN or the denominator is 0."""
     if numerator is None or denominator is None:
         return math.nan

@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from multiprocessing.managers import SyncManager
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,7 @@ class ClientPool:
             "MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(request_timeout_s)),
         }
         self._files = tempfile.mkdtemp(prefix="mlflow-ops-clients-")
+        self._manager: SyncManager | None = None
         if mode == "process":
             ctx = multiprocessing.get_context("spawn")
             self._manager = ctx.Manager()
@@ -173,7 +175,7 @@ class ClientPool:
 
             os.environ.update(env)  # threads share the process: retries off for it all
             _init_worker({}, self._files)
-            self._manager, self._pool = None, ThreadPool(size)
+            self._pool = ThreadPool(size)
         else:
             raise ValueError(f"mode must be 'process' or 'thread', not {mode!r}")
 
@@ -330,7 +332,7 @@ def _client_job(job: dict) -> dict:
 
 def _phase(op: str, count: int, state: dict, timeout_s: float) -> dict:
     call = _CALLS[op]
-    out = {"latencies": [], "errors": 0, "error_examples": [], "span": None}
+    out: dict[str, Any] = {"latencies": [], "errors": 0, "error_examples": [], "span": None}
     start = time.monotonic()
     deadline = start + timeout_s
     for i in range(count):

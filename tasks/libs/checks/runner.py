@@ -304,7 +304,7 @@ def client_environment(url: str) -> Iterator[None]:
         while mlflow.active_run():
             mlflow.end_run()
         registry_log.setLevel(saved_level)
-        mlflow.set_tracking_uri(saved_tracking)
+        _tracking_service.utils._tracking_uri = saved_tracking
         _model_registry.utils._registry_uri = saved_registry
         for key, value in saved_env.items():
             if value is None:

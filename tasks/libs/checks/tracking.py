@@ -71,9 +71,10 @@ def check_dataset(ctx: CheckContext) -> str:
     import mlflow
     import numpy as np
     import pandas as pd
+    from mlflow.data.pandas_dataset import from_pandas
 
     frame = pd.DataFrame(np.random.RandomState(7).rand(100, 3), columns=["feature_a", "feature_b", "feature_c"])
-    dataset = mlflow.data.from_pandas(frame, name="mlflow-ops-check-data")
+    dataset = from_pandas(frame, name="mlflow-ops-check-data")
     with mlflow.start_run(run_id=ctx.run_id), ctx.timed("logging call", "log_input dataset"):
         mlflow.log_input(dataset, context="training")
     inputs = ctx.client.get_run(ctx.run_id).inputs.dataset_inputs

@@ -68,6 +68,13 @@ def stored_secret(settings: Settings, name: str, *, generate: bool) -> str | Non
     return value
 
 
+def generated_secret(settings: Settings, name: str) -> str:
+    """The secret kept in <state_dir>/secrets/<name>, made (mode 0600) on first use."""
+    value = stored_secret(settings, name, generate=True)
+    assert value is not None  # generate=True always yields one
+    return value
+
+
 def postgres_uri(settings: Settings, *, reveal: bool = False) -> str:
     """postgresql+psycopg2:// URI for the configured database (psycopg2, not psycopg 3)."""
     pg = settings.postgres

@@ -202,7 +202,7 @@ def load_settings(
         apply(_read_yaml(backend_file, required=True), _rel(backend_file))
     if profile:
         apply(profile_data, _rel(_profile_file(profile)))
-    if user_data:
+    if user_data and user_file:
         apply(user_data, _rel(user_file))
     for key, (value, var) in env_values.items():
         apply(_nest(key, value), f"env {var}")

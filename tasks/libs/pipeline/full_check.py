@@ -165,10 +165,10 @@ def _start_server(settings: Settings) -> str:
 
 def _workload(report: PipelineReport, backend: str, url: str, spec) -> str:
     with ClientPool(1, request_timeout_s=spec.request_timeout_s) as pool:
-        experiment_id, seed_id = prepare_experiments(url, spec, label="full-check")
-        ids = {"experiment_id": experiment_id, "seed_experiment_id": seed_id}
-        run_workload(url, spec, clients=1, pool=pool, ops=spec.warmup, **ids)  # untimed: cold paths
-        result = run_workload(url, spec, clients=1, pool=pool, **ids)
+        exp_id, seed_id = prepare_experiments(url, spec, label="full-check")
+        # untimed first: the cold paths (imports, first connections) are not what we measure
+        run_workload(url, spec, clients=1, pool=pool, ops=spec.warmup, experiment_id=exp_id, seed_experiment_id=seed_id)
+        result = run_workload(url, spec, clients=1, pool=pool, experiment_id=exp_id, seed_experiment_id=seed_id)
     report.workload[backend] = result.summary()
     if result.errors:
         raise UserError(f"{result.errors} workload call(s) failed")

@@ -106,8 +106,9 @@ class DockerPostgres:
     def client(self):
         if self._client is None:
             try:
-                self._client = self._client_factory()
-                self._client.ping()
+                client = self._client_factory()
+                client.ping()
+                self._client = client
             except DockerException as exc:
                 raise UserError(NO_ENGINE.format(reason=_first_line(exc))) from None
         return self._client

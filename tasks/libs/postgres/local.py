@@ -271,13 +271,20 @@ class LocalPostgres:
         if user:
             os.chown(path, user.pw_uid, user.pw_gid)
 
-    def _run(self, cmd: list[str]) -> subprocess.CompletedProcess:
+    def _run(self, cmd: list[str]) -> subprocess.CompletedProcess[str]:
         user = self._os_user()
-        kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
         env = {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
         # start_new_session: the postmaster must not die with our terminal or our process group.
         return subprocess.run(
-            cmd, capture_output=True, text=True, env=env, cwd=self.root, start_new_session=True, **kwargs
+            cmd,
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=self.root,
+            start_new_session=True,
+            user=user.pw_uid if user else None,
+            group=user.pw_gid if user else None,
+            extra_groups=[] if user else None,
         )
 
 

@@ -30,7 +30,7 @@ def provider_for(settings: Settings, *, docker_client_factory=None) -> Provider:
     from tasks.libs.postgres.container import DockerPostgres
     from tasks.libs.postgres.local import LocalPostgres
 
-    choice = settings.postgres.provider
+    choice: str = settings.postgres.provider
     if choice == "auto":
         choice = remembered_provider(settings) or _detect(settings, docker_client_factory)
     if choice == "external":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import os
 
-from tasks.libs.core.credentials import stored_secret
+from tasks.libs.core.credentials import generated_secret
 from tasks.libs.core.settings import Settings
 
 INI = """[mlflow]
@@ -25,7 +25,7 @@ def admin_credentials(settings: Settings) -> tuple[str, str]:
     auth = settings.server.auth
     if auth.admin_password is not None:
         return auth.admin_user, auth.admin_password.get_secret_value()
-    return auth.admin_user, stored_secret(settings, "admin_password", generate=True)
+    return auth.admin_user, generated_secret(settings, "admin_password")
 
 
 def auth_server_env(settings: Settings) -> dict[str, str]:
@@ -45,7 +45,7 @@ def auth_server_env(settings: Settings) -> dict[str, str]:
     return {
         "MLFLOW_AUTH_CONFIG_PATH": str(ini),
         "MLFLOW_AUTH_ADMIN_PASSWORD": password,
-        "MLFLOW_FLASK_SERVER_SECRET_KEY": stored_secret(settings, "flask_secret_key", generate=True),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": generated_secret(settings, "flask_secret_key"),
     }
 
 

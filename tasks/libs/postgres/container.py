@@ -135,7 +135,7 @@ class DockerPostgres:
                 detach=True,
                 environment={
                     "POSTGRES_USER": self.pg.user,
-                    "POSTGRES_PASSWORD": postgres_password(self.settings),
+                    "POSTGRES_PASSWORD": postgres_password(self.settings, generate=True),
                     "POSTGRES_DB": self.pg.database,
                 },
                 ports={"5432/tcp": (self.pg.host, self.pg.port)},

@@ -175,7 +175,7 @@ class LocalPostgres:
         pwfile = self.root / ".initdb-pw"
         fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(postgres_password(self.settings) + "\n")
+            fh.write(postgres_password(self.settings, generate=True) + "\n")  # the cluster's password is born here
         self._chown(pwfile)
         try:
             result = self._run(

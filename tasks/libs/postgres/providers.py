@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from tasks.libs.core.credentials import postgres_password, postgres_uri
+from tasks.libs.core.credentials import postgres_uri
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.settings import Settings
 from tasks.libs.postgres.binaries import find_binaries
@@ -35,7 +35,6 @@ def provider_for(settings: Settings, *, docker_client_factory=None) -> Provider:
         choice = remembered_provider(settings) or _detect(settings, docker_client_factory)
     if choice == "external":
         return ExternalPostgres(settings)
-    postgres_password(settings, generate=True)
     if choice == "docker":
         return DockerPostgres(settings, client_factory=docker_client_factory)
     return LocalPostgres(settings)

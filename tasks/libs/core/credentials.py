@@ -104,5 +104,8 @@ def known_secrets(settings: Settings) -> tuple[str, ...]:
         found.append(postgres_password(settings))
     if settings.server.auth.admin_password is not None:
         found.append(settings.server.auth.admin_password.get_secret_value())
-    found += [stored_secret(settings, name, generate=False) for name in ("admin_password", "flask_secret_key")]
+    if settings.artifacts.s3.secret_access_key is not None:
+        found.append(settings.artifacts.s3.secret_access_key.get_secret_value())
+    stored = ("admin_password", "flask_secret_key", "s3_secret_access_key")
+    found += [stored_secret(settings, name, generate=False) for name in stored]
     return tuple(secret for secret in dict.fromkeys(found) if secret)

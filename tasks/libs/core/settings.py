@@ -22,6 +22,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from tasks.libs.core.errors import ConfigError
@@ -67,12 +68,49 @@ class ServerSettings(_Strict):
     fallback_to_sqlite: bool
     uvicorn_opts: str
     env: dict[str, str]
+    metrics: bool
     auth: AuthSettings
 
     @property
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return f"http://{host}:{self.port}"
+
+
+class S3Settings(_Strict):
+    provider: Literal["embedded", "external"]
+    bucket: str = Field(min_length=3, max_length=63)
+    prefix: str
+    endpoint_url: str | None
+    region: str
+    host: str
+    port: int = Port
+    access_key_id: SecretStr | None
+    secret_access_key: SecretStr | None
+    start_timeout: float = Field(gt=0)
+
+    @field_validator("prefix")
+    @classmethod
+    def _relative_prefix(cls, value: str) -> str:
+        return value.strip("/")
+
+
+class ArtifactsServerSettings(_Strict):
+    port: int = Port
+    workers: int = Field(ge=1, le=64)
+
+
+class ArtifactsSettings(_Strict):
+    store: Literal["local", "s3"]
+    mode: Literal["proxied", "direct", "split"]
+    s3: S3Settings
+    artifacts_server: ArtifactsServerSettings
+
+    @model_validator(mode="after")
+    def _local_is_proxied(self) -> ArtifactsSettings:
+        if self.store == "local" and self.mode != "proxied":
+            raise ValueError(f"artifacts.mode {self.mode!r} needs artifacts.store s3; local artifacts are proxied")
+        return self
 
 
 class SqliteSettings(_Strict):
@@ -140,6 +178,7 @@ class Settings(_Strict):
     server: ServerSettings
     sqlite: SqliteSettings
     postgres: PostgresSettings
+    artifacts: ArtifactsSettings
 
     @property
     def state_path(self) -> Path:

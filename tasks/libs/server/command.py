@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
+from tasks.libs.artifacts.location import s3_env, server_artifact_args
 from tasks.libs.core.credentials import store_uri_and_password_env
 from tasks.libs.core.settings import Settings
 from tasks.libs.server.auth import auth_server_env
@@ -26,14 +28,9 @@ def server_command(settings: Settings, *, stock: bool = False) -> list[str]:
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", cfg.host, "--port", str(cfg.port)]
     if stock:
         return cmd + ["--uvicorn-opts", STOCK_UVICORN_OPTS]
-    cmd += [
-        "--workers",
-        str(cfg.workers),
-        "--artifacts-destination",
-        str(settings.artifacts_dir),
-        "--allowed-hosts",
-        allowed_hosts(settings),
-    ]
+    cmd += ["--workers", str(cfg.workers), *server_artifact_args(settings), "--allowed-hosts", allowed_hosts(settings)]
+    if cfg.metrics:
+        cmd += ["--expose-prometheus", str(metrics_dir(settings))]
     if cfg.uvicorn_opts:
         cmd += ["--uvicorn-opts", cfg.uvicorn_opts]
     if cfg.auth.enabled:
@@ -52,9 +49,15 @@ def server_env(settings: Settings, *, stock: bool = False) -> dict[str, str]:
     env.update(password_env)
     env["MLFLOW_BACKEND_STORE_URI"] = store_uri
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "true" if settings.server.job_execution else "false"
+    env.update(s3_env(settings))
     if settings.server.auth.enabled:
         env.update(auth_server_env(settings))
     return env
+
+
+def metrics_dir(settings: Settings) -> Path:
+    """prometheus_client's multiprocess folder: every worker writes its counters here."""
+    return settings.state_path / "server" / "prometheus"
 
 
 def allowed_hosts(settings: Settings) -> str:

@@ -96,7 +96,8 @@ def start_server(settings: Settings, *, stock: bool = False) -> StartResult:
 
     # Others may traverse the state dir (Postgres may run as its own OS user), not list it.
     settings.state_path.mkdir(parents=True, exist_ok=True, mode=0o711)
-    settings.artifacts_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if settings.artifacts.store == "local":
+        settings.artifacts_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     started = time.monotonic()
     proc = start_group(
         server_command(settings, stock=stock),

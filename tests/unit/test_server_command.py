@@ -1,0 +1,76 @@
+"""The server's command line and environment for each artifact store and mode, and metrics."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.libs.artifacts.location import artifacts_server_command, s3_env
+from tasks.libs.core.errors import ConfigError
+from tasks.libs.server.command import server_command, server_env
+from tests.support.settings import make_settings
+
+
+def flag(cmd: list[str], name: str) -> str | None:
+    return cmd[cmd.index(name) + 1] if name in cmd else None
+
+
+def test_local_artifacts_are_served_from_the_state_dir(tmp_path):
+    settings = make_settings(tmp_path)
+    cmd = server_command(settings)
+    assert flag(cmd, "--artifacts-destination") == str(tmp_path / "artifacts")
+    assert "--expose-prometheus" not in cmd and s3_env(settings) == {}
+
+
+def test_s3_proxied_direct_and_split(tmp_path):
+    base = {"artifacts.store": "s3", "artifacts.s3.bucket": "bkt", "artifacts.s3.prefix": "/runs/"}
+    proxied = server_command(make_settings(tmp_path, **base))
+    assert "--serve-artifacts" in proxied and flag(proxied, "--artifacts-destination") == "s3://bkt/runs"
+    direct = server_command(make_settings(tmp_path, **base, **{"artifacts.mode": "direct"}))
+    assert "--no-serve-artifacts" in direct and flag(direct, "--default-artifact-root") == "s3://bkt/runs"
+    split_settings = make_settings(
+        tmp_path, **base, **{"artifacts.mode": "split", "artifacts.artifacts_server.port": 4000}
+    )
+    split = server_command(split_settings)
+    assert (
+        flag(split, "--default-artifact-root") == "http://127.0.0.1:4000/api/2.0/mlflow-artifacts/artifacts/experiments"
+    )
+    artifacts_only = artifacts_server_command(split_settings)
+    assert "--artifacts-only" in artifacts_only and flag(artifacts_only, "--port") == "4000"
+
+
+def test_s3_credentials_travel_in_the_environment_never_argv(tmp_path):
+    settings = make_settings(
+        tmp_path,
+        **{
+            "artifacts.store": "s3",
+            "artifacts.s3.provider": "external",
+            "artifacts.s3.endpoint_url": "https://s3.example:9000",
+            "artifacts.s3.access_key_id": "AKIDEXAMPLE",
+            "artifacts.s3.secret_access_key": "s3cr3t-key",
+        },
+    )
+    env = server_env(settings)
+    assert (env["MLFLOW_S3_ENDPOINT_URL"], env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (
+        "https://s3.example:9000",
+        "AKIDEXAMPLE",
+        "s3cr3t-key",
+    )
+    assert not any("s3cr3t" in arg for arg in server_command(settings))
+
+
+def test_embedded_s3_gets_generated_private_credentials(tmp_path):
+    settings = make_settings(tmp_path, **{"artifacts.store": "s3"})
+    env = s3_env(settings)
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:3115"
+    assert (tmp_path / "secrets" / "s3_secret_access_key").stat().st_mode & 0o077 == 0
+    assert env == s3_env(settings)  # generated once, the same afterwards
+
+
+def test_metrics_flag_points_at_the_multiprocess_folder(tmp_path):
+    cmd = server_command(make_settings(tmp_path, **{"server.metrics": True}))
+    assert flag(cmd, "--expose-prometheus") == str(tmp_path / "server" / "prometheus")
+
+
+def test_local_artifacts_only_proxied(tmp_path):
+    with pytest.raises(ConfigError, match="artifacts.mode 'direct' needs artifacts.store s3"):
+        make_settings(tmp_path, **{"artifacts.mode": "direct"})

@@ -12,7 +12,7 @@ from tasks.libs.core.errors import UserError
 
 RUN_HELP = {
     "backends": "comma-separated backends to bench (default sqlite,postgres)",
-    "preset": "workload preset from benchmarks/workload.yaml: quick (< 3 min) or full (< 15 min)",
+    "preset": "workload preset from benchmarks/workload.yaml: quick (about 8 min on 2 cores) or full",
     "out": "folder to write <timestamp>/ results into (default benchmarks/results)",
     "client_mode": "process (default) or thread: how the concurrent clients run",
     "profile": PROFILE_HELP,
@@ -56,3 +56,6 @@ def compare(c, a=None, b=None):
     print(f"A: {a} ({first['meta']['preset']}, {first['meta']['started_at']})")
     print(f"B: {b} ({second['meta']['preset']}, {second['meta']['started_at']})")
     print(tabulate(rows, headers=bench_report.COMPARE_HEADERS, disable_numparse=True))
+    footprint = bench_report.compare_footprint(first, second)
+    if footprint:
+        print("\n" + tabulate(footprint, headers=bench_report.COMPARE_FOOTPRINT_HEADERS, disable_numparse=True))

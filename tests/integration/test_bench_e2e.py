@@ -25,6 +25,7 @@ def tiny_spec():
         repetitions=2,
         seed_runs=5,
         warmup_clients=2,
+        startup_repetitions=1,
         warmup={op: 1 for op in OPS},
         raw={"single_rows": 50, "batch_rows": 100, "batches": 3, "max_seconds": 1},
     )
@@ -70,8 +71,13 @@ def test_every_cell_has_sane_numbers(bench):
 
 def test_ratios_targets_raw_and_environment(bench):
     doc, out, _ = bench
-    assert len(doc["targets"]) == 6
+    assert len(doc["targets"]) == 12
     assert all(t["value"] > 0 and not math.isnan(t["value"]) for t in doc["targets"])
+    footprint = {(f["backend"], f["setup"]): f for f in doc["footprint"]}
+    assert set(footprint) == {(b, s) for b in ("sqlite", "postgres") for s in ("tuned", "stock")}
+    for key, f in footprint.items():
+        assert len(f["ready_s"]) == 1 and 0.5 < f["ready_median_s"] < 300, key
+        assert 50 * 2**20 < f["idle_pss_median"] <= f["idle_rss_median"] <= f["peak_rss"] * 1.2, key
     kinds = {r["comparison"] for r in doc["ratios"]}
     assert kinds == {"tuned vs stock", "postgres vs sqlite"}
     assert all(len(r["p50_paired"]) == 2 for r in doc["ratios"])

@@ -10,12 +10,14 @@ from tasks.libs.bench.stats import (
     cell_stats,
     compare_cells,
     evaluate_targets,
+    footprint_stats,
     mlflow_vs_raw,
     paired_ratios,
     percentile,
     ratio,
     ratio_summary,
     summarize,
+    worst_cell,
 )
 from tasks.libs.bench.workload import OPS, SpecError, load_spec
 
@@ -111,15 +113,48 @@ def test_compare_cells_pairs_twins_only():
     assert len(pg) == 1 and pg[0]["p50_ratio"] == pytest.approx(11 / 20)
 
 
+def _footprint():
+    mb = 2**20
+    return {
+        ("sqlite", "tuned"): footprint_stats([6.0, 5.0, 7.0], [900 * mb, 1000 * mb], [500 * mb], 1200 * mb),
+        ("sqlite", "stock"): footprint_stats([12.0, 10.0, 11.0], [3000 * mb, 3100 * mb], [2000 * mb], 3300 * mb),
+    }
+
+
 def test_targets_met_and_missed():
-    targets = {(t["backend"], t["op"], t["clients"]): t for t in evaluate_targets(_cells(), ["sqlite", "postgres"])}
-    metric1 = targets[("sqlite", "log_metric", 1)]
+    found = evaluate_targets(_cells(), ["sqlite", "postgres"], _footprint())
+    targets = {(t["backend"], t["measure"], t["op"], t["clients"]): t for t in found}
+    metric1 = targets[("sqlite", "p50", "log_metric", 1)]
     assert metric1["value"] == pytest.approx(49 / 11) and metric1["met"]  # >= 4x
-    assert targets[("sqlite", "log_metric", 8)]["met"]  # 300/150 = 2 >= 1.5
-    batch = targets[("sqlite", "log_batch_1000", 1)]
-    assert batch["value"] == pytest.approx(1.1) and not batch["met"]  # < 1.2x
-    missing = targets[("postgres", "log_metric", 1)]  # no stock twin
+    metric8 = targets[("sqlite", "throughput", "log_metric", 8)]
+    assert metric8["value"] == pytest.approx(2.0) and metric8["met"]  # 300/150 = 2 >= 2
+    batch = targets[("sqlite", "p50", "log_batch_1000", 1)]
+    assert batch["value"] == pytest.approx(1.1) and not batch["met"]  # < 1.5x
+    missing = targets[("postgres", "p50", "log_metric", 1)]  # no stock twin
     assert math.isnan(missing["value"]) and not missing["met"]
+    ready = targets[("sqlite", "ready", None, None)]
+    assert ready["value"] == pytest.approx(6 / 11) and ready["met"] and ready["direction"] == "<="  # <= 0.6x
+    memory = targets[("sqlite", "memory", None, None)]
+    assert memory["value"] == pytest.approx(950 / 3050) and memory["met"]  # <= 0.5x
+    assert math.isnan(targets[("postgres", "ready", None, None)]["value"])  # not measured
+
+
+def test_every_cell_target_names_the_worst_cell():
+    cells = _cells()
+    value, where = worst_cell(cells, "sqlite")
+    # log_batch_1000: p50 110/100 = 1.1, calls/s 10/9 = 1.11; log_metric cells are all better
+    assert value == pytest.approx(1.1) and where == "log_batch_1000 x1 p50"
+    cells[("sqlite", "tuned", 8, "log_metric")] = cell_stats([_rep([40] * 5, 120)])  # 120 < 150 calls/s
+    targets = {t["measure"]: t for t in evaluate_targets(cells, ["sqlite"])}
+    assert targets["every_cell"]["value"] == pytest.approx(0.8) and not targets["every_cell"]["met"]
+    assert targets["every_cell"]["where"] == "log_metric x8 calls/s"
+
+
+def test_footprint_medians():
+    stats = _footprint()[("sqlite", "tuned")]
+    assert stats["ready_median_s"] == 6.0 and stats["idle_rss_median"] == 950 * 2**20
+    assert stats["peak_rss"] == 1200 * 2**20
+    assert math.isnan(footprint_stats([], [], [], 0)["ready_median_s"])
 
 
 def test_mlflow_vs_raw_uses_rows_per_second():
@@ -157,6 +192,37 @@ def test_compare_reads_two_documents(tmp_path):
     assert rows == [["sqlite", "tuned", 1, "log_metric", "10.0", "5.0", "0.50", "100.0", "-", "-", "0/0"]]
     with pytest.raises(FileNotFoundError):
         bench_report.load_results(tmp_path / "missing")
+
+
+def test_compare_and_report_show_start_up_and_memory(tmp_path):
+    mb = 2**20
+    a = {
+        "footprint": [
+            {
+                "backend": "sqlite",
+                "setup": "tuned",
+                "ready_median_s": 8.0,
+                "idle_rss_median": 1000 * mb,
+                "peak_rss": 2000 * mb,
+            }
+        ]
+    }
+    b = {
+        "footprint": [
+            {
+                "backend": "sqlite",
+                "setup": "tuned",
+                "ready_median_s": 4.0,
+                "idle_rss_median": 500 * mb,
+                "peak_rss": 1000 * mb,
+            }
+        ]
+    }
+    assert bench_report.compare_footprint(a, b) == [
+        ["sqlite", "tuned", "8.0", "4.0", "0.50", "1,000", "500", "0.50", "2,000", "1,000", "0.50"]
+    ]
+    doc = {"footprint": [{"backend": "sqlite", "setup": "tuned", **_footprint()[("sqlite", "tuned")]}]}
+    assert bench_report.footprint_rows(doc) == [["sqlite", "tuned", "6.0", "6.0 5.0 7.0", "950", "500", "1,200"]]
 
 
 def test_presets_load_and_cover_every_operation():

@@ -83,12 +83,45 @@ def target_rows(doc: dict) -> list[list[str]]:
         [
             t["target"],
             t["backend"],
-            f">= {t['threshold']}x",
-            _times(t["value"]),
+            f"{t.get('direction', '>=')} {t['threshold']}x",
+            _times(t["value"]) + (f" ({t['where']})" if t.get("where") else ""),
             "MET" if t["met"] else ("NOT MEASURED" if _times(t["value"]) == "-" else "NOT MET"),
         ]
         for t in doc["targets"]
     ]
+
+
+def footprint_rows(doc: dict) -> list[list[str]]:
+    """Per set-up: seconds to ready (median and each start), idle RSS/PSS and peak RSS of the tree."""
+    rows = []
+    for f in doc.get("footprint", []):
+        rows.append(
+            [
+                f["backend"],
+                f["setup"],
+                fmt(f["ready_median_s"], 1),
+                " ".join(fmt(s, 1) for s in f["ready_s"]),
+                _mb(f["idle_rss_median"]),
+                _mb(f["idle_pss_median"]),
+                _mb(f["peak_rss"]),
+            ]
+        )
+    return rows
+
+
+FOOTPRINT_HEADERS = [
+    "backend",
+    "set-up",
+    "ready s (median)",
+    "each start s",
+    "idle RSS MB",
+    "idle PSS MB",
+    "peak RSS MB",
+]
+
+
+def _mb(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value / 2**20:,.0f}"
 
 
 def _times(value) -> str:
@@ -129,6 +162,8 @@ def terminal_report(doc: dict) -> str:
         "stock = `mlflow server` as documented, h11 + asyncio loop (--uvicorn-opts '--http h11 --loop asyncio', what a plain `pip install mlflow` runs), job execution on",
         "",
         tabulate(timing_rows(doc), headers=TIMING_HEADERS, disable_numparse=True),
+        "",
+        tabulate(footprint_rows(doc), headers=FOOTPRINT_HEADERS, disable_numparse=True),
         "",
         tabulate(
             target_rows(doc),
@@ -206,6 +241,15 @@ def markdown(doc: dict) -> str:
         "",
         tabulate(target_rows(doc), headers=["target", "backend", "needs", "measured", "result"], tablefmt="github"),
         "",
+        "## Start-up and memory",
+        "",
+        "Each set-up's server started alone on a fresh store, interleaved; ready = /health answers and a "
+        "store call succeeds. Memory is summed over the server's whole process group: RSS counts pages "
+        "shared between processes once per process, PSS splits them (what the tree really costs); idle "
+        "after start-up, peak under the workload.",
+        "",
+        tabulate(footprint_rows(doc), headers=FOOTPRINT_HEADERS, tablefmt="github", disable_numparse=True),
+        "",
         "## Timings",
         "",
         "Latency in ms over all repetitions; calls/s is the median over repetitions of "
@@ -242,37 +286,48 @@ def markdown(doc: dict) -> str:
 
 
 def chart(doc: dict, path: Path) -> None:
+    """Tuned vs stock as ratios (> 1: tuned better): per op and client count, and start-up and memory."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     cells = _cells(doc)
-    configs = [(s["backend"], s["setup"]) for s in doc["setups"]]
-    ops = [op for op in OPS if any((b, s, 1, op) in cells for b, s in configs)]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [3, 1.3]})
-    width = 0.8 / max(len(configs), 1)
-    for i, (b, s) in enumerate(configs):
-        values = [cells.get((b, s, 1, op), {}).get("p50_ms") or 0 for op in ops]
-        ax1.bar([x + i * width for x in range(len(ops))], values, width, label=f"{b} / {s}")
-    ax1.set_xticks([x + width * (len(configs) - 1) / 2 for x in range(len(ops))], ops, rotation=30, ha="right")
-    ax1.set_yscale("log")
-    ax1.set_ylabel("p50 latency, ms (log scale)")
-    ax1.set_title("one client: p50 per operation")
-    ax1.legend()
-    for b, s in configs:
-        levels = sorted(c for (bb, ss, c, op) in cells if (bb, ss, op) == (b, s, "log_metric"))
-        ax2.plot(
-            levels,
-            [cells[(b, s, c, "log_metric")]["throughput"] for c in levels],
-            marker="o",
-            linestyle="-" if s == "tuned" else "--",
-            label=f"{b} / {s}",
-        )
-    ax2.set_xlabel("concurrent clients")
-    ax2.set_ylabel("log_metric calls/s")
-    ax2.set_title("log_metric throughput")
-    ax2.legend()
+    backends = doc["meta"]["backends"]
+    levels = sorted({c for (_, _, c, _) in cells})
+    fig, axes = plt.subplots(
+        1,
+        len(backends) + 1,
+        figsize=(7 * len(backends) + 5, 5.5),
+        gridspec_kw={"width_ratios": [3] * len(backends) + [1.6]},
+        squeeze=False,
+    )
+    for ax, backend in zip(axes[0], backends):
+        ops = [op for op in OPS if (backend, "tuned", 1, op) in cells]
+        width = 0.8 / max(len(levels), 1)
+        for i, clients in enumerate(levels):
+            values = [_speedup(cells, backend, clients, op) for op in ops]
+            ax.bar([x + i * width for x in range(len(ops))], values, width, label=f"{clients} client(s)")
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.axhline(0.9, color="red", linewidth=0.8, linestyle="--", label="0.9x (target floor)")
+        ax.set_xticks([x + width * (len(levels) - 1) / 2 for x in range(len(ops))], ops, rotation=30, ha="right")
+        ax.set_yscale("log")
+        ax.set_ylabel("tuned vs stock, worse of p50 and calls/s (log)")
+        ax.set_title(f"{backend}: tuned vs stock per operation")
+        ax.legend(fontsize=8)
+    ax = axes[0][-1]
+    footprint = {(f["backend"], f["setup"]): f for f in doc.get("footprint", [])}
+    labels, values = [], []
+    for backend in backends:
+        tuned, stock = footprint.get((backend, "tuned")), footprint.get((backend, "stock"))
+        for what, key in (("ready", "ready_median_s"), ("idle RSS", "idle_rss_median"), ("peak RSS", "peak_rss")):
+            labels.append(f"{backend}\n{what}")
+            values.append(ratio(tuned[key], stock[key]) if tuned and stock else 0)
+    ax.bar(range(len(values)), [v if v == v else 0 for v in values], color="tab:green")
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_ylabel("tuned / stock (lower is better)")
+    ax.set_title("start-up and memory")
     fig.suptitle(
         f"mlflow-ops bench ({doc['meta']['preset']}, MLflow {doc['environment']['mlflow']}, "
         f"{doc['environment']['cpu_count']} CPUs)"
@@ -280,6 +335,16 @@ def chart(doc: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _speedup(cells: dict, backend: str, clients: int, op: str) -> float:
+    """The worse of stock p50 / tuned p50 and tuned calls/s / stock calls/s for one cell (0 if missing)."""
+    tuned, stock = cells.get((backend, "tuned", clients, op)), cells.get((backend, "stock", clients, op))
+    if not tuned or not stock:
+        return 0.0
+    values = [ratio(stock["p50_ms"], tuned["p50_ms"]), ratio(tuned["throughput"], stock["throughput"])]
+    values = [v for v in values if not math.isnan(v)]
+    return min(values) if values else 0.0
 
 
 def load_results(folder: Path | str) -> dict:
@@ -309,6 +374,35 @@ def compare(a: dict, b: dict) -> list[list[Any]]:
             ]
         )
     return rows
+
+
+def compare_footprint(a: dict, b: dict) -> list[list[Any]]:
+    """Per set-up, B against A: seconds to ready and idle / peak RSS, with B/A ratios."""
+    fa = {(f["backend"], f["setup"]): f for f in a.get("footprint", [])}
+    fb = {(f["backend"], f["setup"]): f for f in b.get("footprint", [])}
+    rows = []
+    for key in sorted(set(fa) & set(fb)):
+        x, y = fa[key], fb[key]
+        row: list[Any] = [*key]
+        for field_, show in (("ready_median_s", lambda v: fmt(v, 1)), ("idle_rss_median", _mb), ("peak_rss", _mb)):
+            row += [show(x[field_]), show(y[field_]), fmt(ratio(y[field_], x[field_]), 2)]
+        rows.append(row)
+    return rows
+
+
+COMPARE_FOOTPRINT_HEADERS = [
+    "backend",
+    "setup",
+    "A ready s",
+    "B ready s",
+    "B/A",
+    "A idle RSS MB",
+    "B idle RSS MB",
+    "B/A",
+    "A peak RSS MB",
+    "B peak RSS MB",
+    "B/A",
+]
 
 
 COMPARE_HEADERS = [

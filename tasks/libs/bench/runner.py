@@ -27,10 +27,12 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from tasks.libs.bench import raw as bench_raw
+from tasks.libs.bench.footprint import Footprint, PeakSampler, measure_startups
 from tasks.libs.bench.stats import (
     cell_stats,
     compare_cells,
     evaluate_targets,
+    footprint_stats,
     mlflow_vs_raw,
 )
 from tasks.libs.bench.workload import (
@@ -63,6 +65,7 @@ class Target:
     experiment_id: str = ""
     seed_experiment_id: str = ""
     reps: dict = field(default_factory=dict)  # (clients, op) -> [rep dicts]
+    footprint: Footprint = field(default_factory=Footprint)
 
     @property
     def name(self) -> str:
@@ -113,9 +116,17 @@ def run_bench(
         progress("starting PostgreSQL" if db else "starting servers")
         if db:
             db.start()
+        if spec.startup_repetitions:
+            found = measure_startups(
+                targets,
+                repetitions=spec.startup_repetitions,
+                fresh_store=_fresh_store,
+                progress=lambda m: progress(f"{m}  ({time.monotonic() - began:.0f} s)"),
+            )
             for t in targets:
-                if t.backend == "postgres":
-                    recreate_database(t.settings)
+                t.footprint = found[t.name]
+        for t in targets:
+            _fresh_store(t)
         progress(f"starting {len(targets)} servers and {max(spec.clients)} clients  ({time.monotonic() - began:.0f} s)")
         with ThreadPoolExecutor(len(targets) + 1) as ex:
             pool_future = ex.submit(
@@ -162,6 +173,15 @@ def _isolate(base: Settings, state: Path, password: str, *, database: str, pg_po
     return s
 
 
+def _fresh_store(t: Target) -> None:
+    """An empty store for the target: a new SQLite file, or its PostgreSQL database dropped and made again."""
+    if t.backend == "postgres":
+        recreate_database(t.settings)
+        return
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{t.settings.sqlite_file}{suffix}").unlink(missing_ok=True)
+
+
 def _start(t: Target) -> None:
     try:
         start_server(t.settings, stock=t.stock)
@@ -189,6 +209,14 @@ def _timed(targets: list[Target], spec: WorkloadSpec, pool: ClientPool, progress
             experiment_id=t.experiment_id,
             seed_experiment_id=t.seed_experiment_id,
         )
+    with PeakSampler(targets) as sampler:
+        _timed_cells(targets, spec, pool, progress, step, total)
+    for t in targets:
+        t.footprint.peak_rss = sampler.peaks.get(t.name, 0)
+
+
+def _timed_cells(targets: list[Target], spec: WorkloadSpec, pool: ClientPool, progress, step: int, total: int) -> None:
+    """Every (repetition, clients, target) cell, interleaved so drift falls on every set-up alike."""
     for rep in range(spec.repetitions):
         for clients in spec.clients:
             shift = (rep + clients) % len(targets)
@@ -290,6 +318,12 @@ def _document(targets, spec, raw, env, started_at, seconds, client_mode) -> dict
                 label="postgres vs sqlite",
             )
     errors = [e for t in targets for reps in t.reps.values() for r in reps for e in r["error_examples"]][:20]
+    footprint = {
+        (t.backend, t.setup): footprint_stats(
+            t.footprint.ready_s, t.footprint.idle_rss, t.footprint.idle_pss, t.footprint.peak_rss
+        )
+        for t in targets
+    }
     return {
         "meta": {
             "preset": spec.name,
@@ -305,7 +339,8 @@ def _document(targets, spec, raw, env, started_at, seconds, client_mode) -> dict
         "raw": raw,
         "ratios": ratios,
         "mlflow_vs_raw": mlflow_vs_raw(cells, raw),
-        "targets": evaluate_targets(cells, backends),
+        "footprint": [{"backend": b, "setup": s, **stats} for (b, s), stats in footprint.items()],
+        "targets": evaluate_targets(cells, backends, footprint),
         "error_examples": errors,
     }
 

@@ -69,6 +69,7 @@ class WorkloadSpec:
     request_timeout_s: float
     raw: dict[str, float]
     concurrent_ops: dict[str, int] | None = None  # ops for cells of 2+ clients; None: same as ops
+    startup_repetitions: int = 0  # server starts per set-up timed alone (ready time, idle memory)
 
     def scaled(self, **changes) -> WorkloadSpec:
         return WorkloadSpec(**{**self.__dict__, **changes})
@@ -103,10 +104,11 @@ def load_spec(preset: str = "quick", path: Path | str | None = None) -> Workload
             concurrent_ops=_ops(data["concurrent_ops"], f"{preset}.concurrent_ops")
             if data.get("concurrent_ops")
             else None,
+            startup_repetitions=int(data.get("startup_repetitions", 0)),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise SpecError(f"{path.name}: preset {preset!r} is incomplete or malformed ({exc!r})") from None
-    if not spec.clients or min(spec.clients) < 1 or spec.repetitions < 1:
+    if not spec.clients or min(spec.clients) < 1 or spec.repetitions < 1 or spec.startup_repetitions < 0:
         raise SpecError(f"{path.name}: preset {preset!r} needs clients >= 1 and repetitions >= 1")
     return spec
 

@@ -1,7 +1,8 @@
-"""Write a deployment check Report as a terminal table, Markdown, JSON and JUnit XML.
+"""Write a check report as a terminal table, Markdown, JSON and JUnit XML.
 
-The Report holds masked URIs only (run_checks redacts every reason), so nothing here
-ever sees a password.
+Both kinds of report go through here: the deployment checks' Report and a SuiteReport
+(the security probes), which has no latency column and lists its own facts. A report holds
+masked URIs only (the runners redact every reason), so nothing here ever sees a password.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from tasks.libs.checks.results import BUDGETS, FAIL, SKIPPED, CheckResult, Report
+from tasks.libs.checks.results import BUDGETS, FAIL, SKIPPED, CheckResult, Report, SuiteReport
+
+AnyReport = Report | SuiteReport
 
 HEADERS = ["#", "check", "result", "time", "latency (budget)", "reason"]
+LATENCY = HEADERS.index("latency (budget)")
 
 
 def latency_cell(result: CheckResult) -> str:
@@ -28,15 +32,20 @@ def latency_cell(result: CheckResult) -> str:
     return "; ".join(cells)
 
 
-def table_rows(report: Report, *, wrap: int | None = None) -> list[list[str]]:
+def headers(report: AnyReport) -> list[str]:
+    return HEADERS if report.latency_column else HEADERS[:LATENCY] + HEADERS[LATENCY + 1 :]
+
+
+def table_rows(report: AnyReport, *, wrap: int | None = None) -> list[list[str]]:
     rows = []
     for c in report.checks:
         reason = c.reason if wrap is None or len(c.reason) <= wrap else c.reason[: wrap - 3] + "..."
-        rows.append([str(c.number), c.name, c.status, f"{c.duration:.2f} s", latency_cell(c), reason])
+        row = [str(c.number), c.name, c.status, f"{c.duration:.2f} s", latency_cell(c), reason]
+        rows.append(row if report.latency_column else row[:LATENCY] + row[LATENCY + 1 :])
     return rows
 
 
-def summary_line(report: Report) -> str:
+def summary_line(report: AnyReport) -> str:
     counts = report.counts()
     verdict = "FAILED" if report.failed else "OK"
     warn = f", {len(report.warnings)} latency warning(s)" if report.warnings else ""
@@ -46,16 +55,17 @@ def summary_line(report: Report) -> str:
     )
 
 
-def format_table(report: Report) -> str:
+def format_table(report: AnyReport) -> str:
     """The terminal view: one row per check, then warnings and the summary."""
-    width = max(40, os.get_terminal_size(1).columns - 90) if os.isatty(1) else 120
-    lines = [tabulate(table_rows(report, wrap=width), headers=HEADERS, tablefmt="simple")]
+    others = 90 if report.latency_column else 45  # room the other columns take
+    width = max(40, os.get_terminal_size(1).columns - others) if os.isatty(1) else 120
+    lines = [tabulate(table_rows(report, wrap=width), headers=headers(report), tablefmt="simple")]
     lines += [f"WARNING {w}" for w in report.warnings]
     lines.append(summary_line(report))
     return "\n".join(lines)
 
 
-def write_reports(report: Report, report_dir: Path) -> dict[str, Path]:
+def write_reports(report: AnyReport, report_dir: Path) -> dict[str, Path]:
     """report.md, report.json and junit.xml in report_dir (the screenshot is already there)."""
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -70,10 +80,11 @@ def write_reports(report: Report, report_dir: Path) -> dict[str, Path]:
     return paths
 
 
-def to_dict(report: Report) -> dict:
+def to_dict(report: AnyReport) -> dict:
     data = asdict(report)
     data["report_dir"] = str(report.report_dir) if report.report_dir else None
-    data["screenshot"] = _screenshot_name(report)
+    if isinstance(report, Report):
+        data["screenshot"] = _screenshot_name(report)
     data["summary"] = {**report.counts(), "ok": report.ok, "warnings": report.warnings}
     for check, result in zip(data["checks"], report.checks):
         for lat, measured in zip(check["latencies"], result.latencies):
@@ -81,20 +92,16 @@ def to_dict(report: Report) -> dict:
     return data
 
 
-def to_markdown(report: Report) -> str:
+def to_markdown(report: AnyReport) -> str:
     rows = [[cell.replace("|", "\\|") for cell in row] for row in table_rows(report)]
     parts = [
-        "# MLflow deployment check",
+        f"# {report.title}",
         "",
-        f"- Server: `{report.tracking_uri}`",
-        f"- Store: `{report.store}`" if report.store else "- Store: not checked",
-        f"- Experiment: `{report.experiment_name}` (id {report.experiment_id}), run `{report.run_id}`",
-        f"- Registered model: `{report.registered_model}`",
-        f"- Started {report.started_at}, finished {report.finished_at}",
+        *[f"- {line}" for line in report.header_lines()],
         "",
         f"**{summary_line(report)}**",
         "",
-        tabulate(rows, headers=HEADERS, tablefmt="github"),
+        tabulate(rows, headers=headers(report), tablefmt="github"),
         "",
     ]
     if report.warnings:
@@ -105,13 +112,13 @@ def to_markdown(report: Report) -> str:
     return "\n".join(parts)
 
 
-def to_junit(report: Report) -> ET.Element:
+def to_junit(report: AnyReport) -> ET.Element:
     counts = report.counts()
     suites = ET.Element("testsuites")
     suite = ET.SubElement(
         suites,
         "testsuite",
-        name="mlflow-ops deployment checks",
+        name=f"mlflow-ops {report.suite} checks",
         tests=str(len(report.checks)),
         failures=str(counts[FAIL]),
         errors="0",
@@ -120,15 +127,14 @@ def to_junit(report: Report) -> ET.Element:
         timestamp=report.started_at,
     )
     props = ET.SubElement(suite, "properties")
-    for key, value in (
-        ("tracking_uri", report.tracking_uri),
-        ("experiment", report.experiment_name),
-        ("screenshot", _screenshot_name(report) or ""),
-    ):
+    properties = report.properties()
+    if isinstance(report, Report):  # the deployment checks name their screenshot, also when there is none
+        properties.append(("screenshot", _screenshot_name(report) or ""))
+    for key, value in properties:
         ET.SubElement(props, "property", name=key, value=value)
     for c in report.checks:
         case = ET.SubElement(
-            suite, "testcase", classname="deployment", name=f"{c.number:02d} {c.name}", time=f"{c.duration:.3f}"
+            suite, "testcase", classname=report.suite, name=f"{c.number:02d} {c.name}", time=f"{c.duration:.3f}"
         )
         if c.status == FAIL:
             ET.SubElement(case, "failure", message=c.reason, type="CheckFailed").text = c.details.get(
@@ -141,8 +147,8 @@ def to_junit(report: Report) -> ET.Element:
     return suites
 
 
-def _screenshot_name(report: Report) -> str | None:
-    shot = report.screenshot
+def _screenshot_name(report: AnyReport) -> str | None:
+    shot = report.screenshot if isinstance(report, Report) else None
     if shot is None or not Path(shot).is_file():
         return None
     try:

@@ -1,9 +1,14 @@
-"""What a deployment check run produces: one result per check, latencies against budgets, the report."""
+"""What a check run produces: one result per check, latencies against budgets, the report.
+
+Two kinds of report share the writers in checks.reports: the deployment checks' Report and a
+SuiteReport for any other suite (the security probes), which names itself and lists its facts.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 PASS, FAIL, SKIPPED = "PASS", "FAIL", "SKIPPED"
 
@@ -61,19 +66,10 @@ class CheckResult:
         ]
 
 
-@dataclass
-class Report:
-    tracking_uri: str  # masked
-    store: str | None  # masked store URI, or None when not checked
-    started_at: str
-    finished_at: str = ""
-    experiment_name: str = ""
-    experiment_id: str | None = None
-    run_id: str | None = None
-    registered_model: str = ""
-    report_dir: Path | None = None
-    screenshot: Path | None = None
-    checks: list[CheckResult] = field(default_factory=list)
+class _Outcome:
+    """The verdict over a report's checks (shared by both kinds of report)."""
+
+    checks: list[CheckResult]
 
     @property
     def failed(self) -> list[CheckResult]:
@@ -89,3 +85,65 @@ class Report:
 
     def counts(self) -> dict[str, int]:
         return {s: sum(c.status == s for c in self.checks) for s in (PASS, FAIL, SKIPPED)}
+
+
+@dataclass
+class Report(_Outcome):
+    """The deployment checks' report."""
+
+    tracking_uri: str  # masked
+    store: str | None  # masked store URI, or None when not checked
+    started_at: str
+    finished_at: str = ""
+    experiment_name: str = ""
+    experiment_id: str | None = None
+    run_id: str | None = None
+    registered_model: str = ""
+    report_dir: Path | None = None
+    screenshot: Path | None = None
+    checks: list[CheckResult] = field(default_factory=list)
+
+    # Class attributes, not fields: the JSON report (asdict) stays as it was.
+    suite: ClassVar[str] = "deployment"
+    title: ClassVar[str] = "MLflow deployment check"
+    latency_column: ClassVar[bool] = True
+
+    def header_lines(self) -> list[str]:
+        """The lines under the Markdown title."""
+        return [
+            f"Server: `{self.tracking_uri}`",
+            f"Store: `{self.store}`" if self.store else "Store: not checked",
+            f"Experiment: `{self.experiment_name}` (id {self.experiment_id}), run `{self.run_id}`",
+            f"Registered model: `{self.registered_model}`",
+            f"Started {self.started_at}, finished {self.finished_at}",
+        ]
+
+    def properties(self) -> list[tuple[str, str]]:
+        """JUnit <properties> (the screenshot is added by the writer, relative to the report)."""
+        return [("tracking_uri", self.tracking_uri), ("experiment", self.experiment_name)]
+
+
+@dataclass
+class SuiteReport(_Outcome):
+    """Any other suite's report (e.g. the security probes): its name, its title and its facts."""
+
+    suite: str  # JUnit classname, "security"
+    title: str
+    tracking_uri: str  # masked
+    started_at: str
+    finished_at: str = ""
+    facts: dict[str, str] = field(default_factory=dict)  # label -> value, in order
+    report_dir: Path | None = None
+    checks: list[CheckResult] = field(default_factory=list)
+
+    latency_column: ClassVar[bool] = False
+
+    def header_lines(self) -> list[str]:
+        return [
+            f"Server: `{self.tracking_uri}`",
+            *[f"{label}: {value}" for label, value in self.facts.items()],
+            f"Started {self.started_at}, finished {self.finished_at}",
+        ]
+
+    def properties(self) -> list[tuple[str, str]]:
+        return [("tracking_uri", self.tracking_uri), *self.facts.items()]

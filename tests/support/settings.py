@@ -11,6 +11,7 @@ from pathlib import Path
 from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.processes import free_port
 from tasks.libs.core.settings import Settings, load_settings
+from tasks.libs.core.state import STATE_DIR_MODE
 from tasks.libs.server.lifecycle import start_server, stop_server
 
 # A password with every character that breaks naive URI building.
@@ -19,8 +20,9 @@ PG_PASSWORD = "p@ss:w#rd%/?&="
 
 def make_state_dir() -> Path:
     # Not under pytest's tmp_path: that is mode 0700, closed to the OS user Postgres runs as.
+    # The tool's own mode for a state dir: others may traverse it, not list it.
     path = Path(tempfile.mkdtemp(prefix="mlflow-ops-test-", dir="/tmp"))
-    path.chmod(0o755)
+    path.chmod(STATE_DIR_MODE)
     return path
 
 

@@ -12,6 +12,7 @@ from sqlalchemy.engine import URL, make_url
 from tasks.libs.core.errors import ConfigError
 from tasks.libs.core.redact import mask_uri
 from tasks.libs.core.settings import Settings
+from tasks.libs.core.state import ensure_state_dir
 
 
 def backend_store_uri(settings: Settings, *, reveal: bool = False) -> str:
@@ -60,7 +61,8 @@ def stored_secret(settings: Settings, name: str, *, generate: bool) -> str | Non
         return path.read_text().strip()
     if not generate:
         return None
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ensure_state_dir(settings)
+    path.parent.mkdir(exist_ok=True, mode=0o700)
     value = secrets.token_urlsafe(24)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:

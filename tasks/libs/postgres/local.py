@@ -23,6 +23,7 @@ from tasks.libs.core.credentials import postgres_password
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.processes import port_holder, port_is_free, tail
 from tasks.libs.core.settings import Settings
+from tasks.libs.core.state import ensure_state_dir
 from tasks.libs.postgres.binaries import find_binaries
 from tasks.libs.postgres.connection import check_reachable, wait_for_database
 
@@ -200,6 +201,7 @@ class LocalPostgres:
             raise UserError(f"initdb failed: {result.stderr.strip().splitlines()[-1] if result.stderr else '?'}")
 
     def _prepare_dirs(self) -> None:
+        ensure_state_dir(self.settings)
         user = self._os_user()
         if user and not reachable_by(self.root, user):
             raise UserError(

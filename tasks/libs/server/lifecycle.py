@@ -24,6 +24,7 @@ from tasks.libs.core.processes import (
 )
 from tasks.libs.core.redact import redact
 from tasks.libs.core.settings import Settings
+from tasks.libs.core.state import ensure_state_dir
 from tasks.libs.core.waits import wait_ready, wait_until
 from tasks.libs.postgres.connection import check_reachable
 from tasks.libs.server.auth import basic_auth_header
@@ -89,13 +90,12 @@ def start_server(settings: Settings, *, stock: bool = False) -> StartResult:
             "stop that or pick another port (--port)"
         )
     warnings = [] if stock else bind_warnings(settings)
+    ensure_state_dir(settings)  # before anything made inside it could make it with the default mode
     if settings.backend == "postgres":
         settings = _postgres_or_fallback(settings, warnings, fallback=cfg.fallback_to_sqlite and not stock)
     if settings.backend == "sqlite":
         prepare_sqlite(settings.sqlite_file, wal=settings.sqlite.wal and not stock)
 
-    # Others may traverse the state dir (Postgres may run as its own OS user), not list it.
-    settings.state_path.mkdir(parents=True, exist_ok=True, mode=0o711)
     if settings.artifacts.store == "local":
         settings.artifacts_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     started = time.monotonic()

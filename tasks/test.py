@@ -1,4 +1,5 @@
-"""`test` collection: prove a running deployment works, and run the project's own pytest suite."""
+"""`test` collection: prove a running deployment works, probe it for known holes, and run the
+project's own pytest suite."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from invoke.exceptions import Exit
 
 from tasks.libs.checks.reports import format_table, write_reports
 from tasks.libs.checks.runner import DEFAULT_BROWSER, run_checks
-from tasks.libs.core.cli import CONFIG_HELP, PROFILE_HELP, settings_from
+from tasks.libs.core.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.errors import ConfigError
+from tasks.libs.core.settings import Settings
+from tasks.libs.security.suite import run_security
+from tasks.libs.security.target import target_from_settings
 from tasks.libs.server.auth import client_env
 
 DEPLOYMENT_HELP = {
@@ -26,6 +30,14 @@ DEPLOYMENT_HELP = {
     "profile": PROFILE_HELP,
     "config": CONFIG_HELP,
     "backend": "sqlite or postgres: which configured store the storage check opens",
+}
+SECURITY_HELP = {
+    "url": "server to probe (default: the configured server); another URL is probed from the outside only",
+    "allow_writes": "let probes create (and delete) a run, users and a model version on a server we did not start",
+    "report_dir": "where report.md/json and junit.xml go (default <state_dir>/reports/security-<time>)",
+    "profile": PROFILE_HELP,
+    "config": CONFIG_HELP,
+    "backend": "sqlite or postgres: whose local files, processes and PostgreSQL the exposure probes look at",
 }
 PYTEST_HELP = {"args": 'extra arguments for pytest, e.g. "-k registry -x"'}
 
@@ -46,12 +58,7 @@ def deployment(c, url=None, report_dir=None, cleanup=False, browser=None, profil
             store_skip = str(exc)
     else:
         store_skip = f"{target} is not the configured server ({configured_url}); its store is unknown"
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_dir = Path(report_dir) if report_dir else settings.state_path / "reports" / f"checks-{stamp}"
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise Exit(f"error: cannot create report directory {out_dir}: {exc.strerror}", code=1) from None
+    out_dir = _report_dir(report_dir, settings, "checks")
     if browser is None:
         browser = DEFAULT_BROWSER
     print(f"checking {target}; report in {out_dir}")
@@ -70,6 +77,39 @@ def deployment(c, url=None, report_dir=None, cleanup=False, browser=None, profil
     print("report: " + ", ".join(str(p) for p in paths.values()))
     if report.failed:
         raise Exit(f"{len(report.failed)} check(s) failed: {', '.join(c.name for c in report.failed)}", code=1)
+
+
+@task(help=SECURITY_HELP)
+def security(c, url=None, allow_writes=False, report_dir=None, profile=None, config=None, backend=None):
+    """Probe a live MLflow server for the holes MLflow servers have had; exit non-zero if any probe fails."""
+    settings = settings_from(profile, config, backend=backend).settings
+    with user_errors():
+        target = target_from_settings(settings, url=url, allow_writes=allow_writes)
+    out_dir = _report_dir(report_dir, settings, "security")
+    print(f"probing {target.url}; report in {out_dir}")
+    for note in target.notes:
+        print(f"note: {note}")
+    with user_errors():
+        report = run_security(
+            target,
+            report_dir=out_dir,
+            on_result=lambda r: print(f"  {r.number}. {r.name}: {r.status} ({r.duration:.1f} s)", flush=True),
+        )
+    paths = write_reports(report, out_dir)
+    print(format_table(report))
+    print("report: " + ", ".join(str(p) for p in paths.values()))
+    if report.failed:
+        raise Exit(f"{len(report.failed)} probe(s) failed: {', '.join(c.name for c in report.failed)}", code=1)
+
+
+def _report_dir(report_dir: str | None, settings: Settings, prefix: str) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(report_dir) if report_dir else settings.state_path / "reports" / f"{prefix}-{stamp}"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise Exit(f"error: cannot create report directory {out_dir}: {exc.strerror}", code=1) from None
+    return out_dir
 
 
 @task(help=PYTEST_HELP)

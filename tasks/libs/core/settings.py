@@ -172,6 +172,20 @@ class PostgresSettings(_Strict):
         return value
 
 
+class SecuritySettings(_Strict):
+    request_timeout: float = Field(gt=0)
+    probe_timeout: float = Field(gt=0)
+    request_budget: int = Field(ge=10, le=500)
+    known_fixed: str | None
+
+    @field_validator("known_fixed")
+    @classmethod
+    def _absolute_file(cls, value: str | None) -> str | None:
+        if value is not None and not os.path.isabs(value):
+            raise ValueError(f"{value!r} is relative; give an absolute path or leave it null")
+        return value
+
+
 class Settings(_Strict):
     state_dir: str
     backend: Literal["sqlite", "postgres"]
@@ -179,6 +193,7 @@ class Settings(_Strict):
     sqlite: SqliteSettings
     postgres: PostgresSettings
     artifacts: ArtifactsSettings
+    security: SecuritySettings
 
     @property
     def state_path(self) -> Path:

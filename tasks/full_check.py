@@ -1,5 +1,5 @@
 """`full-check`: the pipeline CI runs: PostgreSQL, then per backend the server, the workload,
-the deployment checks and the inspection."""
+the deployment checks, the inspection and the security probes."""
 
 import datetime as dt
 import signal
@@ -28,7 +28,7 @@ from tasks.libs.pipeline.full_check import (
     }
 )
 def full_check(c, backend=None, keep=False, report_dir=None, preset=None, profile=None, config=None):
-    """Start PostgreSQL and the server, run the workload, checks and inspection per backend."""
+    """Start PostgreSQL and the server, run the workload, checks, inspection and security probes per backend."""
     backends = [backend] if backend else list(BACKENDS)
     with user_errors():
         # Each backend's own layered settings: what `inv server.start --backend X` would run.

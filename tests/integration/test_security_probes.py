@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 
 from tasks.libs.checks.results import FAIL, PASS, SKIPPED, CheckResult
+from tasks.libs.core.errors import UserError
+from tasks.libs.pipeline.full_check import _security
 from tasks.libs.postgres.local import LocalPostgres
 from tasks.libs.security.http import raw_request
 from tasks.libs.security.suite import all_probes, run_security
@@ -206,6 +208,14 @@ def test_allowed_hosts_other_than_configs_fail_host_header(sqlite_server):
     wrong = dataclasses.replace(target, local=dataclasses.replace(target.local, allowed_hosts=["mlflow.internal"]))
     result = probe(wrong, "host header")["host header"]
     assert result.status == FAIL and "mlflow.internal" in result.reason
+
+
+def test_full_check_security_stage_fails_on_a_failing_probe(sqlite_server, tmp_path):
+    settings = sqlite_server.settings
+    assert "probes passed" in _security(settings, tmp_path, "sqlite")
+    with chmod(settings.sqlite_file, 0o644), pytest.raises(UserError, match="file modes"):
+        _security(settings, tmp_path, "sqlite")
+    assert (tmp_path / "sqlite" / "security" / "junit.xml").is_file()
 
 
 # --- every guard down ------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`full-check`: database, server, workload, deployment checks and inspection, per backend.
+"""`full-check`: database, server, workload, deployment checks, inspection and security probes, per backend.
 
 Everything runs in a state directory of its own (<state_dir>/full-check) on free ports,
 with its own PostgreSQL cluster (or container), so a user's running server and database
@@ -31,8 +31,11 @@ from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.processes import free_port
 from tasks.libs.core.settings import Settings
+from tasks.libs.core.state import STATE_DIR_MODE, ensure_state_dir
 from tasks.libs.postgres.connection import recreate_database
 from tasks.libs.postgres.providers import Provider, provider_for
+from tasks.libs.security.suite import run_security, verdict
+from tasks.libs.security.target import target_from_settings
 from tasks.libs.server.auth import client_env
 from tasks.libs.server.lifecycle import start_server, stop_server
 from tasks.libs.store.inspection import inspect_store, integrity_problems, section_errors
@@ -114,6 +117,7 @@ def run_full_check(
                     report, backend, "deployment checks", say, lambda: _checks(current, report_dir / backend, browser)
                 )
                 _stage(report, backend, "inspect", say, lambda: _inspect(current, report_dir / backend))
+                _stage(report, backend, "security", say, lambda: _security(current, report_dir, backend))
             finally:
                 if not keep:
                     _stage(report, backend, "server.stop", say, lambda: stop_server(current))
@@ -204,6 +208,21 @@ def _inspect(settings: Settings, out_dir: Path) -> str:
     return "store sound"
 
 
+def _security(settings: Settings, report_dir: Path, backend: str) -> str:
+    """The security probes against the server this pipeline started (writes allowed: it is ours);
+    the secrets probe also reads this run's reports."""
+    target = target_from_settings(settings, report_roots=(report_dir,))
+    if not target.owned:
+        raise UserError(f"no server of ours runs at {settings.server.url}; nothing to probe")
+    out_dir = report_dir / backend / "security"
+    result = run_security(target, report_dir=out_dir)
+    write_reports(result, out_dir)
+    if result.failed:
+        raise UserError("failed: " + verdict(result))
+    counts = result.counts()
+    return f"{counts['PASS']} probes passed, {counts['SKIPPED']} skipped ({target.requests_sent} requests)"
+
+
 def _clean_slate(isolated: dict[str, Settings]) -> None:
     """Stop what an earlier --keep run left in our own state dir, then start from nothing."""
     settings = isolated.get("postgres") or next(iter(isolated.values()))
@@ -214,6 +233,8 @@ def _clean_slate(isolated: dict[str, Settings]) -> None:
     for name in ("server", "artifacts", "mlflow.db", "mlflow.db-wal", "mlflow.db-shm"):
         path = settings.state_path / name
         shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    # Wholly ours: its mode is the tool's, whatever made it first (the security stage checks it).
+    ensure_state_dir(settings).chmod(STATE_DIR_MODE)
 
 
 def write_pipeline_report(report: PipelineReport, report_dir: Path) -> None:

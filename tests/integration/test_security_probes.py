@@ -252,6 +252,25 @@ def test_experiment_with_artifacts_outside_the_root_fails_artifact_locations(ope
     assert result.status == FAIL and f"'outside-the-root' -> {outside.as_uri()}" in result.reason
 
 
+# --- artifacts in a bucket ---------------------------------------------------------------------
+
+
+def test_a_server_that_serves_no_artifacts_is_not_failed_for_it(state_dir):
+    # Direct S3 mode: --no-serve-artifacts, so the proxied routes answer 503; the bucket is never
+    # reached by these probes, so none needs to run.
+    settings = make_settings(state_dir, **{"artifacts.store": "s3", "artifacts.mode": "direct", "server.workers": 1})
+    with live_server(settings):
+        results = probe(target_from_settings(settings))
+    read = results["artifact traversal (read)"]
+    assert read.status == PASS and "HTTP 503 (artifact serving off)" in read.reason
+    assert (
+        results["artifact traversal (write)"].status == SKIPPED
+        and "HTTP 503" in results["artifact traversal (write)"].reason
+    )
+    assert results["symlink escape"].status == SKIPPED
+    assert {n for n, s in statuses(results).items() if s == FAIL} == set(), results
+
+
 # --- basic auth -----------------------------------------------------------------------------
 
 

@@ -23,6 +23,9 @@ from tasks.libs.store.artifacts import local_artifact_path
 
 PROXIED = "/api/2.0/mlflow-artifacts/artifacts"
 INVALID_HOST = "Invalid Host header"
+# MLflow's 503 on the proxied routes of a server run with --no-serve-artifacts (both its Flask
+# and its FastAPI wording name the flag).
+NOT_SERVED = "serve-artifacts"
 FAKE_RUN = "0" * 32  # paths are validated before the run is looked up: no run is needed
 WALK_LIMIT = 200_000  # entries the symlink scan looks at
 WALK_SECONDS = 10.0
@@ -39,7 +42,7 @@ class Canary:
 def plant_canary(target: Target) -> Canary | None:
     """A file outside the artifact root that a traversal would reach; only on a server we own."""
     local = target.local
-    if not (target.owned and local):
+    if not (target.owned and local and local.artifact_root):
         return None
     local.scratch_dir.mkdir(mode=0o700, exist_ok=True)
     path = local.scratch_dir / f"canary-{_secrets.token_hex(4)}.txt"
@@ -65,7 +68,8 @@ def _refused_by_host(answer: Answer, target: Target) -> None:
 
 
 def _histogram(statuses: list[int]) -> str:
-    return ", ".join(f"{n}x HTTP {code}" for code, n in sorted(Counter(statuses).items()))
+    off = {503: " (artifact serving off)"}
+    return ", ".join(f"{n}x HTTP {code}{off.get(code, '')}" for code, n in sorted(Counter(statuses).items()))
 
 
 def check_traversal_read(target: Target) -> str:
@@ -116,6 +120,9 @@ def check_traversal_read(target: Target) -> str:
             s.needs_auth(a, "the artifact endpoints")
             _refused_by_host(a, target)
             must = (label, path) in refuse
+            if a.status == 503 and NOT_SERVED in a.text:
+                statuses += [a.status] if must else []
+                continue  # the route is switched off: nothing behind it to reach
             if must:
                 statuses.append(a.status)
             if token is not None and token in a.text:
@@ -132,7 +139,8 @@ def check_traversal_read(target: Target) -> str:
             raise CheckFailed("; ".join(bad[:4]) + (f" (+{len(bad) - 4} more)" if len(bad) > 4 else ""))
         where = " (a canary planted next to the artifact root was not read)" if canary else ""
         return (
-            f"{len(refuse)} traversal reads refused ({_histogram(statuses)}), "
+            f"{len(refuse)} traversal reads {'refused or switched off' if 503 in statuses else 'refused'} "
+            f"({_histogram(statuses)}), "
             f"{len(backslash)} backslash shapes not served{where}"
         )
     finally:
@@ -152,7 +160,7 @@ def check_traversal_write(target: Target) -> str:
     if a.status != 200:
         raise CheckSkipped(f"the server takes no proxied uploads (PUT answered HTTP {a.status}); nothing to probe")
     local = target.local if target.owned else None
-    landed = local is not None and (local.artifact_root / control).is_file()
+    landed = local is not None and local.artifact_root is not None and (local.artifact_root / control).is_file()
     s.request("DELETE", f"{PROXIED}/{folder}", auth=auth)
     canary = plant_canary(target) if landed else None
     scratch = local.scratch_dir if (local and canary) else None
@@ -288,7 +296,7 @@ def check_artifact_locations(target: Target) -> str:
             break
     more = f" (the first {len(locations)}; more not read)" if token else ""
     local = [(n, loc) for n, loc in locations if _local_path(loc, target) is not None]
-    root = target.local.artifact_root.resolve() if target.local else None
+    root = target.local.artifact_root.resolve() if target.local and target.local.artifact_root else None
     if root is None:
         if local:
             raise CheckSkipped(
@@ -338,7 +346,9 @@ def escaping_symlinks(root: Path) -> list[tuple[Path, Path]]:
 def check_symlink_escape(target: Target) -> str:
     root = target.local.artifact_root if target.local else None
     if root is None or not root.is_dir():
-        raise CheckSkipped("the artifact root is not a local folder we know (only the configured server's is)")
+        raise CheckSkipped(
+            "the artifact root is not a local folder we know (only the configured server's local store is)"
+        )
     found = escaping_symlinks(root)
     if not found:
         return f"no symlink under {root} leads outside it"

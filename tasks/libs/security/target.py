@@ -60,7 +60,7 @@ class Local:
 
     backend: str
     state_dir: Path
-    artifact_root: Path
+    artifact_root: Path | None  # None: the artifacts live in a bucket (artifacts.store s3)
     scratch_dir: Path  # where canaries go: in the state dir, outside the artifact root
     bind_host: str  # server.host
     allowed_hosts: list[str]  # what we pass as --allowed-hosts
@@ -166,7 +166,7 @@ def local_knowledge(settings: Settings, report_roots: tuple[Path, ...] = ()) -> 
     local = Local(
         backend=settings.backend,
         state_dir=state,
-        artifact_root=settings.artifacts_dir,
+        artifact_root=settings.artifacts_dir if settings.artifacts.store == "local" else None,
         scratch_dir=state / f"security-probe-{_secrets.token_hex(3)}",
         bind_host=settings.server.host,
         allowed_hosts=allowed_hosts(settings).split(","),

@@ -18,6 +18,7 @@ from tasks.libs.core.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_e
 from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.errors import ConfigError
 from tasks.libs.core.settings import Settings
+from tasks.libs.core.state import ensure_state_dir
 from tasks.libs.security.suite import run_security
 from tasks.libs.security.target import target_from_settings
 from tasks.libs.server.auth import client_env
@@ -106,6 +107,8 @@ def _report_dir(report_dir: str | None, settings: Settings, prefix: str) -> Path
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir = Path(report_dir) if report_dir else settings.state_path / "reports" / f"{prefix}-{stamp}"
     try:
+        if not report_dir:
+            ensure_state_dir(settings)  # not made by mkdir(parents=True) with the default mode
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise Exit(f"error: cannot create report directory {out_dir}: {exc.strerror}", code=1) from None

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tasks.libs.core.errors import UserError
 from tasks.libs.deploy.writer import Written, export
 from tests.support.deploy import env_file_values, profile_settings
 
@@ -85,3 +86,10 @@ def test_the_written_secrets_are_the_configured_ones(tmp_path):
         for d in yaml.safe_load_all((tmp_path / "helm" / "secrets.yaml").read_text())
     }
     assert secrets["mlflow-ops-db"] == {"username": "mlflow_user", "password": f"{KNOWN}-pg"}
+
+
+def test_a_missing_password_refuses_before_anything_is_generated_or_written(tmp_path):
+    settings = profile_settings("prod", state_dir=str(tmp_path / "state"))  # the URI holds no password
+    with pytest.raises(UserError, match="no PostgreSQL password to write: .* MLFLOW_OPS_POSTGRES__PASSWORD"):
+        export(settings, "systemd", profile="prod", out=tmp_path / "out", write_secrets=True)
+    assert not (tmp_path / "state").exists() and not (tmp_path / "out").exists()

@@ -95,7 +95,8 @@ def secret_values(settings: Settings, secrets: list[str]) -> dict[str, str]:
     """The values, from config, the environment or the state dir (generated there when missing,
     as server.start does)."""
     out = {}
-    for secret in secrets:
+    # Those that may be missing first, so that a refusal leaves no freshly generated secret behind.
+    for secret in sorted(secrets, key=lambda s: s in ("admin_password", "flask_secret_key")):
         if secret == "postgres_password":
             out[secret] = _postgres_password(settings)
         elif secret == "admin_password":

@@ -12,21 +12,24 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 def missing_packages() -> list[str]:
-    """Debian packages still needed: PostgreSQL server binaries and Chromium for the UI check."""
+    """Debian packages still needed: PostgreSQL server binaries, Chromium for the UI check, and
+    systemd for `systemd-analyze verify` on exported units (a fresh Debian container lacks it)."""
     missing = []
     if find_binaries(None) is None:
         missing.append("postgresql")
     if not os.path.exists(CHROMIUM):
         missing.append("chromium")
+    if shutil.which("systemd-analyze") is None:
+        missing.append("systemd")
     return missing
 
 
 @task(help={"dry_run": "only print what would be installed"})
 def deps(c, dry_run=False):
-    """Install PostgreSQL server binaries and Chromium with apt-get when they are missing."""
+    """Install PostgreSQL server binaries, Chromium and systemd (systemd-analyze) with apt-get when missing."""
     missing = missing_packages()
     if not missing:
-        print("system packages present: postgresql server binaries, chromium")
+        print("system packages present: postgresql server binaries, chromium, systemd-analyze")
         return
     if dry_run:
         print("would install: " + " ".join(missing))

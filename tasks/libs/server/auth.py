@@ -15,7 +15,7 @@ from tasks.libs.core.settings import Settings
 
 INI = """[mlflow]
 default_permission = {permission}
-database_uri = sqlite:///{database}
+database_uri = {database_uri}
 admin_username = {user}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 """
@@ -39,7 +39,11 @@ def auth_server_env(settings: Settings) -> dict[str, str]:
     fd = os.open(ini, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(
-            INI.format(permission=auth.default_permission, database=auth_dir / "basic_auth.db", user=auth.admin_user)
+            INI.format(
+                permission=auth.default_permission,
+                database_uri=f"sqlite:///{auth_dir / 'basic_auth.db'}",
+                user=auth.admin_user,
+            )
         )
     _, password = admin_credentials(settings)
     return {

@@ -40,12 +40,20 @@ def server_command(settings: Settings, *, stock: bool = False) -> list[str]:
 
 def server_env(settings: Settings, *, stock: bool = False) -> dict[str, str]:
     """The server's environment: ours, plus what the settings add; the store URI travels here."""
-    store_uri, password_env = store_uri_and_password_env(settings)
     if stock:  # nothing of ours: no MLFLOW_* variable of the caller's reaches a stock server
+        store_uri, password_env = store_uri_and_password_env(settings)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         return {**env, "MLFLOW_BACKEND_STORE_URI": store_uri, **password_env}
-    env = dict(os.environ)
-    env.update(settings.server.env)
+    return {**os.environ, **server_own_env(settings)}
+
+
+def server_own_env(settings: Settings) -> dict[str, str]:
+    """What the settings add to the caller's environment: the part a deployment writes down.
+
+    It has side effects in the state dir (the auth ini file, generated secrets), as starting does.
+    """
+    store_uri, password_env = store_uri_and_password_env(settings)
+    env = dict(settings.server.env)
     env.update(password_env)
     env["MLFLOW_BACKEND_STORE_URI"] = store_uri
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "true" if settings.server.job_execution else "false"

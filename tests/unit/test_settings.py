@@ -119,3 +119,14 @@ def test_store_uri_for_processes_holds_no_password_and_the_env_carries_it(tmp_pa
         {"PGPASSWORD": "se@cret"},
     )
     assert store_uri_and_password_env(load(tmp_path).settings)[1] == {}
+
+
+def test_external_uri_without_a_password_takes_postgres_password(tmp_path):
+    from tasks.libs.core.credentials import store_uri_and_password_env
+
+    settings = load(
+        tmp_path,
+        backend="postgres",
+        **{"postgres.provider": "external", "postgres.password": "pw@x", "postgres.uri": "postgresql://u@db:5432/m"},
+    ).settings
+    assert store_uri_and_password_env(settings) == ("postgresql+psycopg2://u@db:5432/m", {"PGPASSWORD": "pw@x"})

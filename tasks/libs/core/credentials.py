@@ -87,6 +87,10 @@ def postgres_uri(settings: Settings, *, reveal: bool = False) -> str:
         scheme, sep, rest = uri.partition("://")
         if scheme in ("postgresql", "postgres"):
             uri = "postgresql+psycopg2://" + rest
+        if pg.password is not None:  # a URI without its password (the prod profile's) takes postgres.password
+            url = make_url(uri)
+            if url.password is None:
+                uri = url.set(password=pg.password.get_secret_value()).render_as_string(hide_password=False)
         return uri if reveal else mask_uri(uri)
     shown = quote(postgres_password(settings), safe="") if reveal else "***"
     return f"postgresql+psycopg2://{quote(pg.user, safe='')}:{shown}@{pg.host}:{pg.port}/{pg.database}"

@@ -14,8 +14,8 @@ from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.errors import UserError
 from tasks.libs.lifecycle.gc import collect
 from tasks.libs.lifecycle.vacuum import vacuum
-from tasks.libs.server.lifecycle import running_record, start_server, stop_server
-from tests.support.lifecycle import head_store, pg_on, sqlite_in
+from tasks.libs.server.lifecycle import running_record
+from tests.support.lifecycle import drop, head_store, old_store, pg_on, sqlite_in
 from tests.support.settings import make_settings, make_state_dir
 
 pytestmark = pytest.mark.integration
@@ -28,9 +28,12 @@ def _age(settings, days: float) -> None:
     engine = sa.create_engine(backend_store_uri(settings, reveal=True))
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE runs SET deleted_time = :t WHERE lifecycle_stage = 'deleted'"), {"t": then})
-        conn.execute(sa.text("UPDATE experiments SET last_update_time = :t WHERE lifecycle_stage = 'deleted'"), {"t": then})
         conn.execute(
-            sa.text("UPDATE logged_models SET last_updated_timestamp_ms = :t WHERE lifecycle_stage = 'deleted'"), {"t": then}
+            sa.text("UPDATE experiments SET last_update_time = :t WHERE lifecycle_stage = 'deleted'"), {"t": then}
+        )
+        conn.execute(
+            sa.text("UPDATE logged_models SET last_updated_timestamp_ms = :t WHERE lifecycle_stage = 'deleted'"),
+            {"t": then},
         )
     engine.dispose()
 
@@ -104,41 +107,65 @@ def test_sqlite_gc_dry_run_then_gc_through_a_temporary_server_then_orphans_with_
     assert (art / made["experiment"] / made["runs"][0] / "artifacts" / "kept.txt").exists()
 
     report = vacuum(settings, full=False, say=lambda _: None)  # the server is stopped: allowed
-    assert [r.name for r in report.steps.rows] == ["wal_checkpoint(TRUNCATE)", "VACUUM", "wal_checkpoint(TRUNCATE)", "integrity_check"]
+    assert [r.name for r in report.steps.rows] == [
+        "wal_checkpoint(TRUNCATE)",
+        "VACUUM",
+        "wal_checkpoint(TRUNCATE)",
+        "integrity_check",
+    ]
     assert report.before["mlflow.db"] > 0 and report.after["mlflow.db"] > 0
 
 
-def test_postgres_gc_through_our_running_server_and_vacuum_sizes(pg_settings):
-    state = make_state_dir()
-    settings = pg_on(pg_settings, state, f"gc_{state.name[-8:].lower()}")
-    start_server(settings)
-    try:
-        client = MlflowClient(settings.server.url)
-        exp = client.create_experiment("gc")
-        runs = [client.create_run(exp).info.run_id for _ in range(3)]
-        for run in runs:
-            client.log_text(run, "y" * 4096, "data/blob.txt")
-        client.delete_run(runs[0])
-        client.delete_run(runs[1])
-        _age(settings, 2)
-        other = sqlite_in(state)  # no SQLite file in this state dir: claims no folder
-        result = collect(settings, other, older_than="1d", dry_run=False, apply=False, say=lambda _: None)
-        assert {i.id for i in result.removed} == {runs[0], runs[1]}
-        assert all(i.bytes == 4096 for i in result.removed) and result.server.startswith("our server")
-        assert not (settings.artifacts_dir / exp / runs[0]).exists()
-        assert (settings.artifacts_dir / exp / runs[2] / "artifacts" / "data" / "blob.txt").exists()
-        assert client.get_run(runs[2]).info.lifecycle_stage == "active"
+def test_postgres_gc_through_our_running_server_and_vacuum_sizes(postgres_server):
+    """On the session's PostgreSQL server: only the two runs this test deletes and ages are old enough."""
+    settings = postgres_server.settings
+    client = MlflowClient(postgres_server.url)
+    exp = client.create_experiment(f"gc-{uuid.uuid4().hex[:8]}")
+    runs = [client.create_run(exp).info.run_id for _ in range(3)]
+    for run in runs:
+        client.log_text(run, "y" * 4096, "data/blob.txt")
+    client.delete_run(runs[0])
+    client.delete_run(runs[1])
+    engine = sa.create_engine(backend_store_uri(settings, reveal=True))
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE runs SET deleted_time = :t WHERE run_uuid IN (:a, :b)"),
+            {"t": int(time.time() * 1000) - 2 * DAY_MS, "a": runs[0], "b": runs[1]},
+        )
+    engine.dispose()
+    other = sqlite_in(settings.state_path)  # no SQLite store in that state dir: claims no folder
 
-        online = vacuum(settings, full=False, say=lambda _: None)  # plain VACUUM is online
-        assert online.before["database"] > 0 and online.after["tables"] > 0
-        assert len(online.tables) == 10 and "experiments" in {row[0] for row in online.tables}
-        with pytest.raises(UserError, match="VACUUM FULL .*server.stop"):
-            vacuum(settings, full=True, say=lambda _: None)
+    dry = collect(settings, other, older_than="1d", dry_run=True, apply=False, say=lambda _: None)
+    assert {(i.id, i.bytes) for i in dry.items} == {(runs[0], 4096), (runs[1], 4096)}
+    result = collect(settings, other, older_than="1d", dry_run=False, apply=False, say=lambda _: None)
+    assert {i.id for i in result.removed} == {runs[0], runs[1]} and result.server.startswith("our server")
+    assert not (settings.artifacts_dir / exp / runs[0]).exists()
+    assert (settings.artifacts_dir / exp / runs[2] / "artifacts" / "data" / "blob.txt").exists()
+    assert client.get_run(runs[2]).info.lifecycle_stage == "active"
+
+    online = vacuum(settings, full=False, say=lambda _: None)  # plain VACUUM is online
+    assert online.before["database"] > 0 and online.after["tables"] > 0
+    assert len(online.tables) == 10 and "experiments" in {row[0] for row in online.tables}
+    with pytest.raises(UserError, match="VACUUM FULL .*server.stop"):
+        vacuum(settings, full=True, say=lambda _: None)
+
+
+def test_postgres_vacuum_full_on_a_store_no_server_uses(pg_settings):
+    state = make_state_dir()
+    settings = pg_on(pg_settings, state, f"vacuum_{state.name[-8:].lower()}")
+    try:
+        old_store(backend_store_uri(settings, reveal=True), metrics=2000)
+        engine = sa.create_engine(backend_store_uri(settings, reveal=True))
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM metrics WHERE step % 2 = 0"))
+        engine.dispose()
+        full = vacuum(settings, full=True, say=lambda _: None)
+        assert full.steps.rows[0].name == "VACUUM (FULL, ANALYZE)"
+        [metrics] = [row for row in full.tables if row[0] == "metrics"]
+        assert float(metrics[4].split()[0]) < float(metrics[3].split()[0])  # total after < total before
     finally:
-        stop_server(settings)
+        drop(settings)
         shutil.rmtree(state, ignore_errors=True)
-    full = vacuum(settings, full=True, say=lambda _: None)  # stopped: allowed
-    assert full.steps.rows[0].name == "VACUUM (FULL, ANALYZE)"
 
 
 def test_sqlite_vacuum_is_refused_while_our_server_writes_to_the_file(sqlite_server):

@@ -70,7 +70,9 @@ def test_migrate_keeps_every_id_verifies_and_the_next_experiment_is_max_plus_one
     result = _migrate(sqlite_settings, pg, server_checks=True)
     assert result.problems == [], result.steps.render()
     steps = {r.name: r for r in result.steps.rows}
-    assert steps["target schema: mlflow db upgrade (MLflow 3.17.2)"].status == "ok"  # the schema is MLflow's, not the copy's
+    assert (
+        steps["target schema: mlflow db upgrade (MLflow 3.17.2)"].status == "ok"
+    )  # the schema is MLflow's, not the copy's
     assert "every run" in result.compared and "4 run IDs" in result.compared
     assert result.checks is not None and not result.checks.failed
     assert sha256(sqlite_settings.sqlite_file) == before
@@ -84,7 +86,11 @@ def test_migrate_keeps_every_id_verifies_and_the_next_experiment_is_max_plus_one
         store.create_run(source[1]["experiment"], "tester", 1, [], "after")
     finally:
         store.engine.dispose()
-    assert ("experiments_experiment_id_seq", "experiments.experiment_id", int(source[1]["experiment"])) in result.sequences
+    assert (
+        "experiments_experiment_id_seq",
+        "experiments.experiment_id",
+        int(source[1]["experiment"]),
+    ) in result.sequences
     assert not list((pg.state_path / "lifecycle").glob("*.journal"))
     with pytest.raises(UserError, match=r"already holds data \(datasets=1, experiment_tags=1, experiments=3"):
         _migrate(sqlite_settings, pg)  # a re-run into the now filled target

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -154,7 +155,7 @@ def test_apply_upgrades_keeps_every_row_and_a_restore_rolls_it_back(old):
         t: n for t, n in counts_before.items() if t != "alembic_version"
     }
     if old.backend == "sqlite":  # upgraded as a copy; the old file kept whole
-        assert result.kept and sha256(f"{result.kept}/{old.sqlite_file.name}") == old_bytes
+        assert result.kept and sha256(Path(result.kept) / old.sqlite_file.name) == old_bytes
     assert apply_upgrade(old, no_backup=True, say=lambda _: None).preflight.state == "head"
     # Rolling back: the backup from before the upgrade replaces the upgraded store (more tables).
     restored = restore_backup(old, backup, force=True, say=lambda _: None)

@@ -17,7 +17,7 @@ from tasks.libs.core.waits import wait_until
 from tasks.libs.lifecycle.pgtools import connect_to, create_database, drop_database, with_database
 from tasks.libs.lifecycle.schema_compare import build_reference
 from tasks.libs.lifecycle.snapshot import row_counts
-from tasks.libs.server.lifecycle import ServerRecord, ServerPaths
+from tasks.libs.server.lifecycle import ServerPaths, ServerRecord
 from tests.support.settings import make_settings
 
 # The revision MLflow 2.22.5 stores are at (19 tables), 39 migrations behind 3.17.2.
@@ -57,7 +57,10 @@ def old_store(uri: str, revision: str = OLD_REVISION, *, metrics: int = 300) -> 
                 sa.text(
                     "INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) VALUES (:k, :v, :t, :r, :s, :nan)"
                 ),
-                [{"k": "loss", "v": 1.0 / (s + 1), "t": 1000 + s, "r": run, "s": s, "nan": False} for s in range(metrics)]
+                [
+                    {"k": "loss", "v": 1.0 / (s + 1), "t": 1000 + s, "r": run, "s": s, "nan": False}
+                    for s in range(metrics)
+                ]
                 + [{"k": "nan", "v": 0.0, "t": 1000, "r": run, "s": 0, "nan": True}],
             )
             conn.execute(
@@ -67,7 +70,9 @@ def old_store(uri: str, revision: str = OLD_REVISION, *, metrics: int = 300) -> 
                 ),
                 {"v": 1.0 / metrics, "t": 999 + metrics, "s": metrics - 1, "f": False, "tr": True, "r": run},
             )
-        conn.execute(sa.text("INSERT INTO registered_models (name, creation_time, last_updated_time) VALUES ('m', 1, 1)"))
+        conn.execute(
+            sa.text("INSERT INTO registered_models (name, creation_time, last_updated_time) VALUES ('m', 1, 1)")
+        )
         conn.execute(
             sa.text(
                 "INSERT INTO model_versions (name, version, creation_time, last_updated_time, current_stage, source, "
@@ -194,3 +199,24 @@ def head_store(path: Path, *, runs: int = 3, metrics: int = 200) -> dict:
     for store in (tracking, registry):
         store.engine.dispose()
     return made
+
+
+def bulk_metrics(uri: str, run_id: str, rows: int) -> None:
+    """Many metric rows fast, straight by SQL (a COPY or restore of them takes long enough to be killed)."""
+    engine = sa.create_engine(uri, poolclass=NullPool)
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(
+                sa.text(
+                    "INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) "
+                    "SELECT 'bulk', g * 0.5, g, :r, g, false FROM generate_series(1, :n) g"
+                ),
+                {"r": run_id, "n": rows},
+            )
+        else:
+            conn.exec_driver_sql(
+                "WITH RECURSIVE g(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM g WHERE i < ?) "
+                "INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) SELECT 'bulk', i * 0.5, i, ?, i, 0 FROM g",
+                (rows, run_id),
+            )
+    engine.dispose()

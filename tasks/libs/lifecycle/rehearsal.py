@@ -28,7 +28,7 @@ from tasks.libs.lifecycle.journal import StepTable
 from tasks.libs.lifecycle.manifest import STORE_FILES, Manifest, checked, latest_backup
 from tasks.libs.lifecycle.pgtools import PgClient, create_database, drop_database, with_database
 from tasks.libs.lifecycle.revisions import AUTH_VERSION_TABLE, Preflight, stored_revisions
-from tasks.libs.lifecycle.runtime import Runtime, auth_db_upgrade, db_upgrade, installed
+from tasks.libs.lifecycle.runtime import Runtime, auth_db_upgrade, db_upgrade, installed, start_fresh_store
 from tasks.libs.lifecycle.schema_compare import diff, fingerprint
 from tasks.libs.lifecycle.scratch import checks_summary, deployment_checks, scratch_dir, store_settings
 from tasks.libs.lifecycle.snapshot import AUTH_TABLES, compare, same_columns, snapshot, upgrade_tables
@@ -80,9 +80,18 @@ def rehearse(
                 before = snapshot(engine, upgrade_tables())
                 result.rows_checked = {t: s.count for t, s in before.items()}
                 row.detail = f"{sum(result.rows_checked.values())} rows in {len(before)} tables"
-            with steps.step(f"mlflow db upgrade (MLflow {runtime.version})") as row:
-                db_upgrade(runtime, target.child[0], settings=settings, env=target.child[1])
-                row.detail = f"{found.stored} -> {runtime.head}"
+            # The fresh store for the schema comparison is built meanwhile: two children, one wait.
+            fresh_child = start_fresh_store(runtime, fresh.child[0], settings=settings, env=fresh.child[1])
+            try:
+                with steps.step(f"mlflow db upgrade (MLflow {runtime.version})") as row:
+                    db_upgrade(runtime, target.child[0], settings=settings, env=target.child[1])
+                    row.detail = f"{found.stored} -> {runtime.head}"
+            except BaseException:
+                fresh_child.proc.kill()
+                fresh_child.proc.wait()
+                raise
+            with steps.step(f"fresh store by MLflow {runtime.version}, same dialect (built alongside)"):
+                fresh_child.finish()
             with steps.step("revision is the head") as row:
                 revision = stored_revisions(engine)
                 row.detail = f"{revision}"
@@ -97,8 +106,6 @@ def rehearse(
                     if row_problems
                     else ("ok", "strict on tracking and registry tables, keys of trace tables")
                 )
-            with steps.step(f"fresh store by MLflow {runtime.version}, same dialect"):
-                db_upgrade(runtime, fresh.child[0], settings=settings, env=fresh.child[1])
             with steps.step("schema equals the fresh store's") as row, engine_for(fresh.uri) as fresh_engine:
                 schema_problems = diff(fingerprint(engine), fingerprint(fresh_engine))
                 result.problems += [f"schema: {line}" for line in schema_problems]

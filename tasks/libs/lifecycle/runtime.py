@@ -132,33 +132,72 @@ def logs_dir(settings: Settings) -> Path:
     return path
 
 
-def run_mlflow(
+@dataclass
+class Child:
+    """An MLflow CLI child running in the background (see start_mlflow)."""
+
+    runtime: Runtime
+    proc: subprocess.Popen
+    log: Path
+    what: str
+    settings: Settings
+
+    def finish(self) -> str:
+        """Wait for it; its output, or UserError with the cause (its log is kept)."""
+        returncode = self.proc.wait()
+        text = redact(self.log.read_text(errors="replace"), known_secrets(self.settings))
+        if returncode != 0:
+            raise UserError(
+                f"{self.what} with MLflow {self.runtime.version} failed (exit {returncode}): {_last_line(text)} (log: {self.log})"
+            )
+        return text
+
+
+def start_mlflow(
     runtime: Runtime, args: list[str], *, settings: Settings, env: dict[str, str], what: str, module: str = "mlflow"
-) -> str:
-    """`python -m <module> ARGS` of that MLflow; its output (also kept in a log), or UserError with the cause."""
+) -> Child:
+    """Start `python -m <module> ARGS` (or `python ARGS` when module is "") of that MLflow, output to a log."""
     log = logs_dir(settings) / f"{what.replace(' ', '-')}-{stamp()}.log"
     child_env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING_", "PGPASSWORD"))}
     child_env.update(env)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    command = [runtime.python, "-m", module, *args] if module else [runtime.python, *args]
     with os.fdopen(fd, "w") as out:
-        result = subprocess.run(
-            [runtime.python, "-m", module, *args],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=child_env,
-        )
-    text = redact(log.read_text(errors="replace"), known_secrets(settings))
-    if result.returncode != 0:
-        raise UserError(
-            f"{what} with MLflow {runtime.version} failed (exit {result.returncode}): {_last_line(text)} (log: {log})"
-        )
-    return text
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env)
+    return Child(runtime, proc, log, what, settings)
+
+
+def run_mlflow(
+    runtime: Runtime, args: list[str], *, settings: Settings, env: dict[str, str], what: str, module: str = "mlflow"
+) -> str:
+    """start_mlflow, then wait for it: its output, or UserError with the cause."""
+    return start_mlflow(runtime, args, settings=settings, env=env, what=what, module=module).finish()
 
 
 def db_upgrade(runtime: Runtime, uri: str, *, settings: Settings, env: dict[str, str]) -> None:
     """`mlflow db upgrade URI` (the URI without a password; libpq reads PGPASSWORD from env)."""
     run_mlflow(runtime, ["db", "upgrade", uri], settings=settings, env=env, what="mlflow db upgrade")
+
+
+# A fresh store as MLflow makes one (initial tables, then every migration): what 3.x's `db upgrade`
+# does to an empty database; 2.x's `db upgrade` fails there ("no such table: metrics").
+FRESH_CODE = """
+import os
+from mlflow.store.db.utils import _initialize_tables, create_sqlalchemy_engine_with_retry
+_initialize_tables(create_sqlalchemy_engine_with_retry(os.environ["MLFLOW_OPS_STORE_URI"]))
+"""
+
+
+def start_fresh_store(runtime: Runtime, uri: str, *, settings: Settings, env: dict[str, str]) -> Child:
+    """Start making a fresh store with that MLflow at `uri` (an empty database; no password in it: env has PGPASSWORD)."""
+    return start_mlflow(
+        runtime,
+        ["-c", FRESH_CODE],
+        settings=settings,
+        env={**env, "MLFLOW_OPS_STORE_URI": uri},
+        what="fresh store",
+        module="",
+    )
 
 
 def auth_db_upgrade(runtime: Runtime, path: Path, *, settings: Settings) -> None:

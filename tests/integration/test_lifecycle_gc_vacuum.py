@@ -162,7 +162,7 @@ def test_postgres_vacuum_full_on_a_store_no_server_uses(pg_settings):
         full = vacuum(settings, full=True, say=lambda _: None)
         assert full.steps.rows[0].name == "VACUUM (FULL, ANALYZE)"
         [metrics] = [row for row in full.tables if row[0] == "metrics"]
-        assert float(metrics[4].split()[0]) < float(metrics[3].split()[0])  # total after < total before
+        assert float(metrics[6].split()[0]) < float(metrics[5].split()[0])  # total after < total before
     finally:
         drop(settings)
         shutil.rmtree(state, ignore_errors=True)

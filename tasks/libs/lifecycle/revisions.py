@@ -12,6 +12,7 @@ MLflow (the installed one or a private venv's, see runtime.py).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,7 +38,9 @@ def tracking_scripts():
 
 
 def auth_scripts():
-    from mlflow.server.auth.db import utils
+    with warnings.catch_warnings():  # importing mlflow.server warns about starlette's WSGI middleware
+        warnings.simplefilter("ignore")
+        from mlflow.server.auth.db import utils
 
     return _scripts(str(utils._get_alembic_dir()))
 

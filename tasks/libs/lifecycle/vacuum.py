@@ -142,4 +142,13 @@ def _mb(size: int) -> str:
     return f"{size / 1e6:.2f} MB"
 
 
-TABLE_HEADERS = ["table", "heap before", "indexes before", "total before", "total after", "dead rows before"]
+TABLE_HEADERS = [
+    "table",
+    "heap before",
+    "heap after",
+    "indexes before",
+    "indexes after",
+    "total before",
+    "total after",
+    "dead rows before",
+]

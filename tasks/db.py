@@ -30,6 +30,7 @@ from tasks.libs.postgres.connection import recreate_database
 from tasks.libs.postgres.providers import provider_for, remember_provider
 from tasks.libs.server.command import is_loopback
 from tasks.libs.server.lifecycle import running_record
+from tasks.libs.store.reader import open_store
 
 COMMON = {
     "profile": PROFILE_HELP,
@@ -227,6 +228,8 @@ def upgrade(
                 print(f"the store before the upgrade is kept in {applied.kept}")
             print(f"upgraded to {applied.preflight.head}; `inv server.start`, then `inv test.deployment`")
             return
+        with open_store(backend_store_uri(settings, reveal=True)):
+            pass  # a missing or foreign store is refused before a venv is installed for --to
         runtime = runtime_for(settings, to, say=print)
         result = run_rehearsal(
             settings, runtime, server_checks=settings.lifecycle.server_checks and not no_server_checks, say=print

@@ -133,11 +133,11 @@ def test_sigkill_mid_pg_restore_leaves_the_database_as_it_was_and_the_next_run_f
     pg = pg_on(pg_settings, state, f"kill_restore_{state.name[-8:].lower()}")
     try:
         old_store(backend_store_uri(pg, reveal=True), metrics=10)
-        bulk_metrics(backend_store_uri(pg, reveal=True), RUN_IDS[0], 300_000)
+        bulk_metrics(backend_store_uri(pg, reveal=True), RUN_IDS[0], 100_000)
         backup = take_backup(pg)
         conn = connect_to(pg, None)
         with conn, conn.cursor() as cur:
-            cur.execute("DELETE FROM metrics WHERE step > 250000")
+            cur.execute("DELETE FROM metrics WHERE step > 90000")
         conn.close()
         before = counts_and_revision(pg)
         env = _env(state, pg)
@@ -161,7 +161,7 @@ def test_sigkill_mid_migrate_leaves_the_target_empty_and_the_source_byte_identic
     try:
         made = head_store(sqlite_in(state).sqlite_file, runs=1, metrics=5)
         source = state / "mlflow.db"
-        bulk_metrics(f"sqlite:///{source}", made["runs"][0], 300_000)
+        bulk_metrics(f"sqlite:///{source}", made["runs"][0], 100_000)
         before = sha256(source)
         env = _env(state, pg)
         proc = _start(["-m", "invoke", "db.migrate", "--no-server-checks"], env, state / "killed.log")
@@ -175,7 +175,7 @@ def test_sigkill_mid_migrate_leaves_the_target_empty_and_the_source_byte_identic
         assert again.returncode == 0, again.stdout + again.stderr
         _note(again.stdout, "migrate", "copy every table in one transaction (COPY, foreign-key order)")
         assert "PostgreSQL rolls the open transaction back" in again.stdout
-        assert table_counts(pg)["metrics"] == 300_000 + 2 * 7  # bulk + (5 loss, nan, inf) of each of 2 runs
+        assert table_counts(pg)["metrics"] == 100_000 + 2 * 7  # bulk + (5 loss, nan, inf) of each of 2 runs
         assert sha256(source) == before
     finally:
         drop(pg)

@@ -16,6 +16,7 @@ import pytest
 from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.errors import UserError
 from tasks.libs.lifecycle.backup import take_backup
+from tasks.libs.lifecycle.pgtools import create_database
 from tasks.libs.lifecycle.rehearsal import rehearse
 from tasks.libs.lifecycle.restore import restore_backup
 from tasks.libs.lifecycle.runtime import installed
@@ -35,15 +36,30 @@ from tests.support.settings import make_state_dir
 HEAD = installed().head
 
 
+@pytest.fixture(scope="module")
+def old_templates(pg_settings):
+    """One old store per backend, built once; each test gets a copy (a file copy, a TEMPLATE database)."""
+    state = make_state_dir()
+    sqlite_file = state / "template.db"
+    old_store(f"sqlite:///{sqlite_file}")
+    pg = pg_on(pg_settings, state, "lifecycle_old_template")
+    old_store(backend_store_uri(pg, reveal=True))
+    yield {"sqlite": sqlite_file, "postgres": "lifecycle_old_template"}
+    drop(pg)
+    shutil.rmtree(state, ignore_errors=True)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
-def old(request):
+def old(request, old_templates):
     """A store at MLflow 2.22's revision with rows in every core table, on each backend."""
     state = make_state_dir()
     if request.param == "sqlite":
         settings = sqlite_in(state)
+        shutil.copyfile(old_templates["sqlite"], settings.sqlite_file)
     else:
-        settings = pg_on(request.getfixturevalue("pg_settings"), state, f"upgrade_{state.name[-8:].lower()}")
-    old_store(backend_store_uri(settings, reveal=True))
+        name = f"upgrade_{state.name[-8:].lower()}"
+        settings = pg_on(request.getfixturevalue("pg_settings"), state, name)
+        create_database(settings, name, template=old_templates["postgres"], replace=True)
     yield settings
     if request.param == "postgres":
         drop(settings)

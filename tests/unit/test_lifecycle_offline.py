@@ -399,3 +399,16 @@ def test_gc_plan_matches_what_mlflow_gc_selects(tmp_path):
         planned = gc.plan(reader, 7 * 86400, tmp_path / "artifacts")
     assert {(i.kind, i.id) for i in planned} == mlflow_picks
     assert ("run", runs[1]) not in mlflow_picks  # deleted just now: kept
+
+
+def test_the_partly_migrated_reference_is_built_once_per_release_and_revision(tmp_path):
+    from tasks.libs.lifecycle.schema_compare import reference_names
+    from tests.support.lifecycle import OLD_REVISION
+
+    names = reference_names(OLD_REVISION, tmp_path)
+    [cache] = list(tmp_path.glob(f"reference-*-{OLD_REVISION}.json"))
+    assert "experiments" in names and "workspace" not in names["experiments"]["columns"]
+    cache.write_text(json.dumps({"cached": {"columns": [], "indexes": []}}))
+    assert reference_names(OLD_REVISION, tmp_path) == {"cached": {"columns": [], "indexes": []}}
+    cache.write_text("{damaged")
+    assert reference_names(OLD_REVISION, tmp_path) == names  # rebuilt

@@ -115,7 +115,17 @@ def ensure_venv(settings: Settings, version: str, *, say: Callable[[str], None] 
         requirements.append("sqlalchemy<2.1")  # MLflow 2.x declares sqlalchemy<3 but fails to import with 2.1
     for cmd in (
         [sys.executable, "-m", "venv", str(venv)],
-        [str(python), "-m", "pip", "install", "--disable-pip-version-check", "--no-input", *requirements],
+        # --no-compile: byte-compiling all of MLflow costs more than compiling what one command imports
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--no-compile",
+            *requirements,
+        ],
     ):
         with open(log, "a") as out:
             result = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

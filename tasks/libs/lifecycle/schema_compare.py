@@ -9,6 +9,9 @@ names only, so one SQLite reference serves both dialects.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -127,20 +130,39 @@ def build_reference(revision: str, url: str) -> None:
         engine.dispose()
 
 
-def partly_migrated(engine: sa.Engine, revision: str, scratch_dir: Path) -> list[str]:
-    """What the store has beyond a fresh store at its recorded revision (empty: nothing).
+def reference_names(revision: str, scratch_dir: Path) -> dict[str, dict[str, Any]]:
+    """The names-only fingerprint of a fresh store at `revision` (installed MLflow), cached in scratch_dir.
 
-    Only valid for a revision the installed MLflow knows. Costs 0.2-2 s (the older, the slower).
+    Building it replays every migration up to the revision (0.2-2 s, the older the slower); the
+    answer depends only on the MLflow release and the revision, so it is kept as
+    reference-<mlflow version>-<revision>.json for the next run.
     """
-    scratch_dir.mkdir(parents=True, exist_ok=True)
+    import mlflow
+
+    scratch_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    cache = scratch_dir / f"reference-{mlflow.__version__}-{revision}.json"
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads(cache.read_text())
     with tempfile.TemporaryDirectory(dir=scratch_dir) as tmp:
         url = f"sqlite:///{Path(tmp) / 'reference.db'}"
         build_reference(revision, url)
         reference = sa.create_engine(url, poolclass=NullPool)
         try:
-            expected = fingerprint(reference, names_only=True)
+            names = fingerprint(reference, names_only=True)
         finally:
             reference.dispose()
+    tmp_cache = cache.with_suffix(".tmp")
+    tmp_cache.write_text(json.dumps(names))
+    os.replace(tmp_cache, cache)
+    return names
+
+
+def partly_migrated(engine: sa.Engine, revision: str, scratch_dir: Path) -> list[str]:
+    """What the store has beyond a fresh store at its recorded revision (empty: nothing).
+
+    Only valid for a revision the installed MLflow knows.
+    """
+    expected = reference_names(revision, scratch_dir)
     extra = [line for line in diff(fingerprint(engine, names_only=True), expected) if line.startswith("extra ")]
     if not extra:
         return []

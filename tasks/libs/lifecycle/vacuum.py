@@ -119,13 +119,16 @@ def _postgres(settings: Settings, result: VacuumResult, *, full: bool) -> None:
     result.before = {"tables": sum(v[0] for v in before.values()), "database": database_before}
     result.after = {"tables": sum(v[0] for v in after.values()), "database": database_after}
     biggest = sorted(before, key=lambda t: -before[t][0])[:10]
+    empty = (0, 0, 0, 0)
     result.tables = [
         [
             t,
             _mb(before[t][1]),
+            _mb(after.get(t, empty)[1]),
             _mb(before[t][2]),
+            _mb(after.get(t, empty)[2]),
             _mb(before[t][0]),
-            _mb(after.get(t, (0, 0, 0, 0))[0]),
+            _mb(after.get(t, empty)[0]),
             str(before[t][3]),
         ]
         for t in biggest

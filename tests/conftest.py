@@ -11,11 +11,13 @@ temporary state directory.
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from tasks.libs.core.processes import free_port
+from tasks.libs.lifecycle.runtime import ensure_venv
 from tasks.libs.postgres.providers import provider_for
 from tests.support.settings import (
     PG_PASSWORD,
@@ -70,3 +72,19 @@ def postgres_server(pg_settings):
     with live_server(settings) as server:
         yield server
     shutil.rmtree(path, ignore_errors=True)
+
+
+OLD_MLFLOW = "2.22.5"  # the last 2.x release: a real older store, 39 migrations behind 3.17.2
+
+
+@pytest.fixture(scope="session")
+def old_mlflow():
+    """(venvs folder, python) of MLflow 2.22.5 in a private venv, built once per session by the tool's
+    own `db.upgrade --to` code (about a minute; tests that need it are marked old_mlflow), and
+    removed when the session ends."""
+    venvs = Path(tempfile.mkdtemp(prefix="mlflow-ops-venvs-", dir="/tmp"))
+    settings = make_settings(venvs, **{"lifecycle.venvs_dir": str(venvs)})
+    try:
+        yield venvs, ensure_venv(settings, OLD_MLFLOW, say=lambda _: None)
+    finally:
+        shutil.rmtree(venvs, ignore_errors=True)

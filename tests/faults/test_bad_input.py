@@ -265,3 +265,34 @@ def _engine_answers() -> bool:
     from tasks.libs.postgres.container import engine_answers
 
     return engine_answers()
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        pytest.param(
+            ["db.restore", "--backend", "sqlite"],
+            ["no sqlite backup in", "inv db.backup --backend sqlite"],
+            id="restore-without-backup",
+        ),
+        pytest.param(
+            ["db.backup", "--backend", "sqlite"],
+            ["no SQLite store at", "nothing to back up"],
+            id="backup-without-store",
+        ),
+        pytest.param(["db.gc", "--older-than", "soon"], ["--older-than: 'soon' is not a duration"], id="gc-bad-age"),
+        pytest.param(
+            ["db.upgrade", "--apply", "--to", "3.18.0"],
+            ["--apply upgrades with the installed MLflow"],
+            id="apply-with-to",
+        ),
+        pytest.param(["db.migrate", "--rewrite-artifact-root", "nope"], ["write OLD=NEW"], id="migrate-bad-rewrite"),
+        pytest.param(["db.vacuum", "--backend", "sqlite"], ["no SQLite store at"], id="vacuum-without-store"),
+    ],
+)
+def test_store_lifecycle_refusals_are_one_line(args, expected):
+    state_dir = make_state_dir()
+    try:
+        assert_refused(inv(*args, env=hermetic_env(state_dir)), state_dir, *expected)
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)

@@ -37,9 +37,10 @@ class ServerPaths:
     log_file: Path
 
     @classmethod
-    def of(cls, settings: Settings) -> ServerPaths:
+    def of(cls, settings: Settings, name: str = "server") -> ServerPaths:
+        """name: "server" for the server; another name for a helper server beside it (own pid file and log)."""
         run = settings.state_path / "server"
-        return cls(pid_file=run / "server.pid", log_file=run / "server.log")
+        return cls(pid_file=run / f"{name}.pid", log_file=run / f"{name}.log")
 
 
 @dataclass
@@ -67,14 +68,18 @@ class StartResult:
         return self.record.backend
 
 
-def start_server(settings: Settings, *, stock: bool = False) -> StartResult:
+def start_server(
+    settings: Settings, *, stock: bool = False, artifacts_only: bool = False, name: str = "server"
+) -> StartResult:
     """Start the server (or reuse ours if it already runs on this backend) and wait until ready.
 
     stock=True starts MLflow as a plain `pip install mlflow` runs it (see server.command): the
     baseline the bench measures ours against. It gets no WAL switch, no fallback, no auth.
+    artifacts_only=True serves only the artifact folder (`mlflow gc` needs one to delete proxied
+    artifacts); ready means /health answers. name keeps a helper server's pid file apart.
     """
-    paths = ServerPaths.of(settings)
-    current = running_record(settings)
+    paths = ServerPaths.of(settings, name)
+    current = running_record(settings, name=name)
     if current:
         if current.backend != settings.backend:
             raise UserError(
@@ -91,17 +96,17 @@ def start_server(settings: Settings, *, stock: bool = False) -> StartResult:
         )
     warnings = [] if stock else bind_warnings(settings)
     ensure_state_dir(settings)  # before anything made inside it could make it with the default mode
-    if settings.backend == "postgres":
+    if settings.backend == "postgres" and not artifacts_only:
         settings = _postgres_or_fallback(settings, warnings, fallback=cfg.fallback_to_sqlite and not stock)
-    if settings.backend == "sqlite":
+    if settings.backend == "sqlite" and not artifacts_only:
         prepare_sqlite(settings.sqlite_file, wal=settings.sqlite.wal and not stock)
 
     if settings.artifacts.store == "local":
         settings.artifacts_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     started = time.monotonic()
     proc = start_group(
-        server_command(settings, stock=stock),
-        env=server_env(settings, stock=stock),
+        server_command(settings, stock=stock, artifacts_only=artifacts_only),
+        env=server_env(settings, stock=stock, artifacts_only=artifacts_only),
         log_path=paths.log_file,
         cwd=settings.state_path,
     )
@@ -123,6 +128,8 @@ def start_server(settings: Settings, *, stock: bool = False) -> StartResult:
             raise UserError("the server exited during start-up")
         if not health(cfg.url):
             return "/health does not answer"
+        if artifacts_only:
+            return None
         return None if store_answers(cfg.url, headers=headers) else "/health answers, a store call does not"
 
     try:
@@ -131,7 +138,9 @@ def start_server(settings: Settings, *, stock: bool = False) -> StartResult:
         stopped = "" if proc.poll() is not None else "; stopped it"
         stop_group(record.pgid, grace=cfg.stop_grace)
         paths.pid_file.unlink(missing_ok=True)
-        raise UserError(f"{exc}{stopped}\n--- last lines of {paths.log_file} ---\n{log_tail(settings, 15)}") from None
+        raise UserError(
+            f"{exc}{stopped}\n--- last lines of {paths.log_file} ---\n{log_tail(settings, 15, name=name)}"
+        ) from None
     return StartResult(record, time.monotonic() - started, False, warnings)
 
 
@@ -153,9 +162,9 @@ def _postgres_or_fallback(settings: Settings, warnings: list[str], *, fallback: 
     raise UserError(f"PostgreSQL is not usable ({problem}); run `inv db.start` first")
 
 
-def stop_server(settings: Settings) -> str:
+def stop_server(settings: Settings, *, name: str = "server") -> str:
     """Stop our server's whole process group; a message saying what happened."""
-    paths = ServerPaths.of(settings)
+    paths = ServerPaths.of(settings, name)
     record = ServerRecord.read(paths.pid_file)
     if record is None:
         return "the server is not running (no pid file)"
@@ -168,9 +177,9 @@ def stop_server(settings: Settings) -> str:
     return f"stopped the server (pid {record.pid}, {how})"
 
 
-def running_record(settings: Settings) -> ServerRecord | None:
+def running_record(settings: Settings, *, name: str = "server") -> ServerRecord | None:
     """Our live server's record; a stale pid file (process gone or pid reused) is removed."""
-    paths = ServerPaths.of(settings)
+    paths = ServerPaths.of(settings, name)
     record = ServerRecord.read(paths.pid_file)
     if record and is_alive(record):
         return record
@@ -194,9 +203,9 @@ def server_status(settings: Settings) -> dict:
     }
 
 
-def log_tail(settings: Settings, lines: int) -> str:
+def log_tail(settings: Settings, lines: int, *, name: str = "server") -> str:
     """The end of the server's log with every secret the settings know masked."""
-    return redact(tail(ServerPaths.of(settings).log_file, lines), known_secrets(settings))
+    return redact(tail(ServerPaths.of(settings, name).log_file, lines), known_secrets(settings))
 
 
 def prepare_sqlite(path: Path, *, wal: bool) -> None:

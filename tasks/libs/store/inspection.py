@@ -113,11 +113,11 @@ def table_counts(store: StoreReader, *, with_schema: bool = False) -> list[dict[
 def schema_revision(store: StoreReader) -> dict[str, Any]:
     """The store's alembic revision against the head of the installed MLflow's migrations."""
     import mlflow
-    from alembic.script import ScriptDirectory
     from alembic.util.exc import CommandError
-    from mlflow.store import db_migrations
 
-    scripts = ScriptDirectory(db_migrations.__path__[0])
+    from tasks.libs.lifecycle.revisions import is_known, tracking_scripts
+
+    scripts = tracking_scripts()
     head = scripts.get_current_head()
     revisions = [r[0] for r in store.rows("SELECT version_num FROM alembic_version")]
     info: dict[str, Any] = {
@@ -132,7 +132,7 @@ def schema_revision(store: StoreReader) -> dict[str, Any]:
         )
     elif revisions == [head]:
         info.update(state="up to date", behind=0, advice="")
-    elif all(_known_revision(scripts, r) for r in revisions):
+    elif all(is_known(scripts, r) for r in revisions):
         try:
             behind = sum(1 for _ in scripts.iterate_revisions(head, revisions[0]))
             info["behind"] = behind - 1 if behind else None
@@ -140,7 +140,10 @@ def schema_revision(store: StoreReader) -> dict[str, Any]:
             pass
         info.update(
             state="needs upgrade",
-            advice=f"run `mlflow db upgrade <uri>` with MLflow {mlflow.__version__} (back up first)",
+            advice=(
+                f"`inv db.backup`, then `inv db.upgrade` (rehearses `mlflow db upgrade` of MLflow {mlflow.__version__} "
+                "on a copy), then `inv db.upgrade --apply`"
+            ),
         )
     else:
         info.update(
@@ -148,13 +151,6 @@ def schema_revision(store: StoreReader) -> dict[str, Any]:
             advice=f"written by a newer MLflow than {mlflow.__version__}; upgrade MLflow, do not downgrade the store",
         )
     return info
-
-
-def _known_revision(scripts, revision: str) -> bool:
-    try:
-        return scripts.get_revision(revision) is not None
-    except Exception:  # alembic raises several kinds for an unknown id
-        return False
 
 
 # --- integrity -------------------------------------------------------------------------

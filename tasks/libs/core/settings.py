@@ -395,6 +395,10 @@ def _explain(exc: ValidationError, sources: dict[str, str]) -> str:
     given = err.get("input")
     shown = "***" if "password" in key or key.endswith("uri") else repr(given)
     message = err["msg"].removeprefix("Value error, ")
+    if isinstance(given, dict):  # a check across keys: the message names them; never echo a section (secrets)
+        named = [k for k in re.findall(r"[a-z_0-9]+(?:\.[a-z_0-9]+)+", message) if k in sources]
+        source = next((sources[k] for k in named if sources[k] != "config/defaults.yaml"), source)
+        return f"{source}: {message}"
     if err["type"] == "literal_error":
         options = err.get("ctx", {}).get("expected", "")
         hint = _did_you_mean(str(given), re.findall(r"'([^']*)'", options))

@@ -23,14 +23,15 @@ from tasks.libs.server.auth import auth_server_env
 STOCK_UVICORN_OPTS = "--http h11 --loop asyncio"
 
 
-def server_command(settings: Settings, *, stock: bool = False) -> list[str]:
+def server_command(settings: Settings, *, stock: bool = False, metrics_path: Path | None = None) -> list[str]:
+    """metrics_path: the multiprocess folder when server.metrics is on (default: metrics_dir)."""
     cfg = settings.server
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", cfg.host, "--port", str(cfg.port)]
     if stock:
         return cmd + ["--uvicorn-opts", STOCK_UVICORN_OPTS]
     cmd += ["--workers", str(cfg.workers), *server_artifact_args(settings), "--allowed-hosts", allowed_hosts(settings)]
     if cfg.metrics:
-        cmd += ["--expose-prometheus", str(metrics_dir(settings))]
+        cmd += ["--expose-prometheus", str(metrics_path or metrics_dir(settings))]
     if cfg.uvicorn_opts:
         cmd += ["--uvicorn-opts", cfg.uvicorn_opts]
     if cfg.auth.enabled:

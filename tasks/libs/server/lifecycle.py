@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks.libs.core.credentials import backend_store_uri, known_secrets
@@ -22,12 +19,19 @@ from tasks.libs.core.processes import (
     stop_group,
     tail,
 )
+from tasks.libs.core.programs import require_module
 from tasks.libs.core.redact import redact
 from tasks.libs.core.settings import Settings
 from tasks.libs.core.waits import wait_ready, wait_until
 from tasks.libs.postgres.connection import check_reachable
+from tasks.libs.server.artifact_services import (
+    artifact_services_status,
+    start_artifact_services,
+    stop_artifact_services,
+)
 from tasks.libs.server.auth import basic_auth_header
-from tasks.libs.server.command import is_loopback, server_command, server_env
+from tasks.libs.server.command import is_loopback, metrics_dir, server_command, server_env
+from tasks.libs.server.probes import health, store_answers
 
 
 @dataclass
@@ -60,6 +64,7 @@ class StartResult:
     seconds: float
     reused: bool
     warnings: list[str]
+    notes: list[str] = field(default_factory=list)  # what else started: the embedded S3, the artifacts server
 
     @property
     def backend(self) -> str:
@@ -89,6 +94,8 @@ def start_server(settings: Settings, *, stock: bool = False) -> StartResult:
             "stop that or pick another port (--port)"
         )
     warnings = [] if stock else bind_warnings(settings)
+    if cfg.metrics and not stock:
+        require_module("prometheus_flask_exporter", "server.metrics")  # without it every worker crashes
     if settings.backend == "postgres":
         settings = _postgres_or_fallback(settings, warnings, fallback=cfg.fallback_to_sqlite and not stock)
     if settings.backend == "sqlite":
@@ -98,7 +105,10 @@ def start_server(settings: Settings, *, stock: bool = False) -> StartResult:
     settings.state_path.mkdir(parents=True, exist_ok=True, mode=0o711)
     if settings.artifacts.store == "local":
         settings.artifacts_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if cfg.metrics and not stock:
+        prepare_metrics_dir(metrics_dir(settings))
     started = time.monotonic()
+    notes = [] if stock else start_artifact_services(settings, "server")
     proc = start_group(
         server_command(settings, stock=stock),
         env=server_env(settings, stock=stock),
@@ -131,8 +141,10 @@ def start_server(settings: Settings, *, stock: bool = False) -> StartResult:
         stopped = "" if proc.poll() is not None else "; stopped it"
         stop_group(record.pgid, grace=cfg.stop_grace)
         paths.pid_file.unlink(missing_ok=True)
+        if not stock:
+            stop_artifact_services(settings, "server")
         raise UserError(f"{exc}{stopped}\n--- last lines of {paths.log_file} ---\n{log_tail(settings, 15)}") from None
-    return StartResult(record, time.monotonic() - started, False, warnings)
+    return StartResult(record, time.monotonic() - started, False, warnings, notes)
 
 
 def _postgres_or_fallback(settings: Settings, warnings: list[str], *, fallback: bool) -> Settings:
@@ -154,7 +166,11 @@ def _postgres_or_fallback(settings: Settings, warnings: list[str], *, fallback: 
 
 
 def stop_server(settings: Settings) -> str:
-    """Stop our server's whole process group; a message saying what happened."""
+    """Stop our server's whole process group, then what it held for artifacts; what happened."""
+    return "; ".join([_stop_tracking_server(settings), *stop_artifact_services(settings, "server")])
+
+
+def _stop_tracking_server(settings: Settings) -> str:
     paths = ServerPaths.of(settings)
     record = ServerRecord.read(paths.pid_file)
     if record is None:
@@ -166,6 +182,15 @@ def stop_server(settings: Settings) -> str:
     paths.pid_file.unlink(missing_ok=True)
     wait_until(lambda: port_is_free(record.host, record.port), timeout=10)
     return f"stopped the server (pid {record.pid}, {how})"
+
+
+def prepare_metrics_dir(path: Path) -> None:
+    """Create prometheus_client's multiprocess folder, emptied: every worker leaves files there
+    (counter_<pid>.db, ...) that a new server would add to its own counts."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for leftover in path.iterdir():
+        if leftover.is_file():
+            leftover.unlink()
 
 
 def running_record(settings: Settings) -> ServerRecord | None:
@@ -191,6 +216,7 @@ def server_status(settings: Settings) -> dict:
         "url": record.url,
         "healthy": health(record.url),
         "log": record.log,
+        **artifact_services_status(settings),
     }
 
 
@@ -215,28 +241,6 @@ def prepare_sqlite(path: Path, *, wal: bool) -> None:
             conn.close()
     except (OSError, sqlite3.Error) as exc:
         raise UserError(f"cannot use SQLite file {path} ({exc}); fix sqlite.path or move the file away") from None
-
-
-def health(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-            return resp.status == 200
-    except (OSError, urllib.error.URLError):
-        return False
-
-
-def store_answers(url: str, *, headers: dict[str, str] | None = None) -> bool:
-    body = json.dumps({"max_results": 1}).encode()
-    req = urllib.request.Request(
-        f"{url}/api/2.0/mlflow/experiments/search",
-        data=body,
-        headers={"Content-Type": "application/json", **(headers or {})},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status == 200
-    except (OSError, urllib.error.URLError):
-        return False
 
 
 def bind_warnings(settings: Settings) -> list[str]:

@@ -13,6 +13,7 @@ from tasks.libs.cluster.replicas import (
     worst_case_connections,
 )
 from tasks.libs.core.errors import ConfigError, UserError
+from tasks.libs.core.settings import ports_in_use
 from tasks.libs.server.command import server_command
 from tests.support.settings import PG_PASSWORD, make_settings
 
@@ -122,3 +123,15 @@ def test_pools_shrink_to_the_connection_budget_only_when_needed(tmp_path):
     size, overflow = pool_fitting_budget(settings, 2, budget=92) or (0, 0)
     assert worst_case_connections(settings, 2, (size, overflow)) <= 92 and size >= 1
     assert pool_fitting_budget(settings, 1, budget=1000) is None
+
+
+def test_full_checks_cluster_runs_on_its_own_ports_database_and_postgres(tmp_path):
+    from tasks.libs.pipeline.cluster_stage import DATABASE, isolated_cluster
+
+    user = make_settings(tmp_path, backend="postgres", **{"server.port": 3111, "postgres.port": 3110})
+    isolated = isolated_cluster(user, str(tmp_path / "full-check"), pg_port=45678)
+    assert (isolated.postgres.port, isolated.postgres.database) == (45678, DATABASE)
+    assert isolated.state_path == tmp_path / "full-check" and isolated.cluster.replicas == 2
+    defaults = {3120, 3121, 3122, 3129, 3116, 3117, 3115, 3114, 3128}
+    taken = {port for _, port in ports_in_use(isolated)}
+    assert not taken & defaults, "full-check's cluster must not touch a user's cluster ports"

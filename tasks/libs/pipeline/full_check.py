@@ -76,10 +76,12 @@ def isolated_settings(per_backend: dict[str, Settings]) -> dict[str, Settings]:
     first = next(iter(per_backend.values()))
     state_dir = str(first.state_path / "full-check")
     server_port, pg_port = free_port(first.server.host), free_port(first.postgres.host)
+    s3_port, artifacts_server_port = free_port(), free_port()  # never a user's embedded S3 on 3115
     isolated = {}
     for backend, base in per_backend.items():
         settings = base.model_copy(deep=True, update={"state_dir": state_dir})
         settings.server.port, settings.postgres.port = server_port, pg_port
+        settings.artifacts.s3.port, settings.artifacts.artifacts_server.port = s3_port, artifacts_server_port
         settings.postgres.database = "mlflow_full_check"
         settings.postgres.docker.container += "-full-check"
         settings.postgres.docker.volume += "-full-check"

@@ -1,11 +1,15 @@
 """`bench` collection: SQLite vs PostgreSQL, our set-up vs stock MLflow, measured side by side."""
 
+from datetime import datetime
+from pathlib import Path
+
 from invoke import task
 from invoke.exceptions import Exit
 from tabulate import tabulate
 
 from tasks.libs.bench import report as bench_report
-from tasks.libs.bench.runner import BACKENDS, run_bench
+from tasks.libs.bench.cluster import cluster_table, run_cluster_bench, write_cluster_outputs
+from tasks.libs.bench.runner import BACKENDS, run_bench, stderr_progress
 from tasks.libs.bench.workload import load_spec
 from tasks.libs.core.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 from tasks.libs.core.errors import UserError
@@ -15,15 +19,24 @@ RUN_HELP = {
     "preset": "workload preset from benchmarks/workload.yaml: quick (about 8 min on 2 cores) or full",
     "out": "folder to write <timestamp>/ results into (default benchmarks/results)",
     "client_mode": "process (default) or thread: how the concurrent clients run",
+    "target": "servers (default: each backend, tuned vs stock) or cluster: replicas behind HAProxy vs one server",
+    "replicas": "with --target cluster: how many replicas (default cluster.replicas)",
     "profile": PROFILE_HELP,
     "config": CONFIG_HELP,
 }
 
 
 @task(default=True, help=RUN_HELP)
-def run(c, backends=None, preset=None, out=None, client_mode=None, profile=None, config=None):
-    """Time the logging workload on each backend, tuned vs stock server, and write the report."""
+def run(
+    c, backends=None, preset=None, out=None, client_mode=None, target=None, replicas=None, profile=None, config=None
+):
+    """Time the logging workload on each backend, tuned vs stock server (or a cluster vs one server)."""
+    if (target or "servers") == "cluster":
+        _run_cluster(preset, out, client_mode, replicas, profile, config)
+        return
     with user_errors():
+        if (target or "servers") != "servers":
+            raise UserError(f"--target must be servers or cluster, not {target!r}")
         names = list(dict.fromkeys(b.strip() for b in (backends or ",".join(BACKENDS)).split(",") if b.strip()))
         if unknown := [b for b in names if b not in BACKENDS]:
             raise UserError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
@@ -36,6 +49,22 @@ def run(c, backends=None, preset=None, out=None, client_mode=None, profile=None,
     folder = bench_report.write_outputs(doc, out)
     print(bench_report.terminal_report(doc))
     print(f"\nresults: {folder}/ ({', '.join(bench_report.FILES)})")
+
+
+def _run_cluster(preset, out, client_mode, replicas, profile, config):
+    with user_errors():
+        settings = settings_from(profile, config, backend="postgres", **{"cluster.replicas": replicas}).settings
+        doc = run_cluster_bench(
+            settings,
+            spec=load_spec(preset or "quick"),
+            replicas=settings.cluster.replicas,
+            client_mode=client_mode or "process",
+            progress=stderr_progress(),
+        )
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder = write_cluster_outputs(doc, Path(out or bench_report.RESULTS_ROOT) / f"{stamp}-cluster")
+    print(cluster_table(doc))
+    print(f"\nresults: {folder}/ (results.json, report.md)")
 
 
 @task(

@@ -10,6 +10,7 @@ from invoke.exceptions import Exit
 from psycopg2.extensions import parse_dsn
 from tabulate import tabulate
 
+from tasks.libs.cluster.standby import Standby, with_standby
 from tasks.libs.core.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 from tasks.libs.core.credentials import backend_store_uri, postgres_uri
 from tasks.libs.core.durations import parse_duration
@@ -68,7 +69,11 @@ def stop(c, profile=None, config=None, provider=None):
 def status(c, profile=None, config=None, provider=None):
     """Show whether PostgreSQL runs and answers, and where its data is; exit 3 when it does not run."""
     with user_errors():
-        state = provider_for(_settings(profile, config, provider)).status()
+        settings = _settings(profile, config, provider)
+        db = provider_for(settings)
+        state = db.status()
+        if db.name == "local":
+            state = with_standby(settings, state)  # the read replica and its replay lag
     print(tabulate(sorted(state.items()), tablefmt="plain"))
     if not state.get("running"):
         raise Exit(code=3)
@@ -109,6 +114,8 @@ def reset(c, profile=None, config=None, provider=None, yes=False, wipe=False):
         if not yes and input(f"Delete every run in {what}? Type 'yes': ").strip() != "yes":
             raise UserError("not confirmed; nothing changed")
         if wipe:
+            if db.name == "local":
+                Standby(settings).stop(wipe=True)  # a copy of the cluster being wiped is of no use
             db.stop()
             db.wipe()
             print(f"removed {what}; `inv db.start` makes a fresh one")

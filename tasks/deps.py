@@ -1,4 +1,4 @@
-"""`deps` task: the system packages the tests need, installed only when missing."""
+"""`deps` task: the system packages the tests and the cluster need, installed only when missing."""
 
 import os
 import shutil
@@ -6,30 +6,47 @@ import shutil
 from invoke import task
 from invoke.exceptions import Exit
 
+from tasks.libs.core.processes import port_holder, port_is_free
+from tasks.libs.core.programs import find_program
 from tasks.libs.postgres.binaries import find_binaries
 
 CHROMIUM = "/usr/bin/chromium"
+# Debian package -> the program that shows it is installed.
+CLUSTER_PACKAGES = {
+    "haproxy": "haproxy",
+    "pgbouncer": "pgbouncer",
+    "prometheus": "promtool",  # only promtool is used; the package brings the server too
+    "prometheus-postgres-exporter": "prometheus-postgres-exporter",
+}
+# Where Debian's own services of those packages listen when systemd starts them after the
+# install; the tool never uses these ports and never touches those services.
+SYSTEM_SERVICE_PORTS = {6432: "pgbouncer", 9090: "prometheus", 9187: "prometheus-postgres-exporter"}
 
 
 def missing_packages() -> list[str]:
-    """Debian packages still needed: PostgreSQL server binaries, Chromium for the UI check, and
-    systemd for `systemd-analyze verify` on exported units (a fresh Debian container lacks it)."""
+    """Debian packages still needed: PostgreSQL server binaries, Chromium for the UI check, systemd
+    for `systemd-analyze verify` on exported units (a fresh Debian container lacks it), and HAProxy,
+    PgBouncer, promtool and postgres_exporter for the cluster and its monitoring."""
     missing = []
     if find_binaries(None) is None:
         missing.append("postgresql")
     if not os.path.exists(CHROMIUM):
         missing.append("chromium")
-    if shutil.which("systemd-analyze") is None:
+    if find_program("systemd-analyze") is None:
         missing.append("systemd")
+    missing += [package for package, program in CLUSTER_PACKAGES.items() if find_program(program) is None]
     return missing
 
 
 @task(help={"dry_run": "only print what would be installed"})
 def deps(c, dry_run=False):
-    """Install PostgreSQL server binaries, Chromium and systemd (systemd-analyze) with apt-get when missing."""
+    """Install PostgreSQL server binaries, Chromium, systemd-analyze, HAProxy, PgBouncer and Prometheus tools when missing."""
     missing = missing_packages()
     if not missing:
-        print("system packages present: postgresql server binaries, chromium, systemd-analyze")
+        print(
+            "system packages present: postgresql server binaries, chromium, systemd-analyze, "
+            + ", ".join(CLUSTER_PACKAGES)
+        )
         return
     if dry_run:
         print("would install: " + " ".join(missing))
@@ -39,4 +56,11 @@ def deps(c, dry_run=False):
     sudo = "" if os.geteuid() == 0 else "sudo "
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     c.run(f"{sudo}apt-get update -qq", env=env)
-    c.run(f"{sudo}apt-get install -y -qq {' '.join(missing)}", env=env)
+    # No recommends: prometheus would bring prometheus-node-exporter (a daemon on 9100) and more.
+    c.run(f"{sudo}apt-get install -y -qq --no-install-recommends {' '.join(missing)}", env=env)
+    for port, service in SYSTEM_SERVICE_PORTS.items():
+        if not port_is_free("127.0.0.1", port):
+            print(
+                f"note: {port_holder(port)} listens on {port} (Debian's {service} service, started by apt); "
+                "mlflow-ops never uses it, and leaves it alone"
+            )

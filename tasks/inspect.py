@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from invoke import task
 
+from tasks.libs.artifacts.s3 import where_artifacts_are
 from tasks.libs.core.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.errors import UserError
@@ -26,7 +27,7 @@ COMMON = {
 }
 SCHEMA_HELP = "also show every table's columns and keys (the CREATE statement too in json on SQLite)"
 STALE_HELP = f"a RUNNING run older than this many hours counts as stale (default {DEFAULT_STALE_HOURS:g})"
-ARTIFACTS_HELP = "artifact directory the server writes to (default: <state_dir>/artifacts)"
+ARTIFACTS_HELP = "artifact directory the server writes to (default: <state_dir>/artifacts, or the configured S3 bucket)"
 
 
 def _show(sections, *, uri, backend, format, limit, profile, config, schema=False, stale_hours=None, artifacts=None):
@@ -38,7 +39,7 @@ def _show(sections, *, uri, backend, format, limit, profile, config, schema=Fals
         settings = settings_from(profile, config, backend=backend).settings
         report = inspect_store(
             uri or backend_store_uri(settings, reveal=True),
-            artifacts or settings.artifacts_dir,
+            artifacts or where_artifacts_are(settings),
             sections=sections,
             with_schema=bool(schema),
             stale_hours=_number("--stale-hours", stale_hours, DEFAULT_STALE_HOURS, float),

@@ -5,6 +5,7 @@ from invoke.exceptions import Exit
 from tabulate import tabulate
 
 from tasks.libs.core.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
+from tasks.libs.monitoring.metrics import fetch_metrics, figures_table, request_figures
 from tasks.libs.server.lifecycle import (
     log_tail,
     server_status,
@@ -33,8 +34,8 @@ def start(c, backend=None, port=None, host=None, workers=None, profile=None, con
     with user_errors():
         settings = _settings(profile, config, backend, port=port, host=host, workers=workers)
         result = start_server(settings)
-    for warning in result.warnings:
-        print(warning)
+    for line in result.warnings + result.notes:
+        print(line)
     rec = result.record
     if result.reused:
         print(f"server already running at {rec.url} ({rec.backend}, pid {rec.pid}); reused")
@@ -76,3 +77,23 @@ def logs(c, lines=50, profile=None, config=None):
     """Print the end of the server's log (secrets masked)."""
     with user_errors():
         print(log_tail(_settings(profile, config), int(lines)))
+
+
+@task(
+    help={
+        **COMMON,
+        "url": "server to read /metrics from (default the configured server; a replica's own URL in a cluster)",
+    }
+)
+def metrics(c, url=None, profile=None, config=None):
+    """Requests by method and status and latency quantiles, from the server's /metrics (server.metrics on)."""
+    with user_errors():
+        settings = _settings(profile, config)
+        target = (url or settings.server.url).rstrip("/")
+        figures = request_figures(fetch_metrics(target))
+    if not figures:
+        print(f"{target}/metrics counts no request yet (/health and artifact transfers are not counted)")
+        return
+    rows, headers = figures_table(figures)
+    print(f"{target}/metrics, since the server started (summed over its workers):")
+    print(tabulate(rows, headers=headers, disable_numparse=True))

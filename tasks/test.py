@@ -14,6 +14,8 @@ from invoke.exceptions import Exit
 
 from tasks.libs.checks.reports import format_table, write_reports
 from tasks.libs.checks.runner import DEFAULT_BROWSER, run_checks
+from tasks.libs.checks.storage import storage_arguments
+from tasks.libs.cluster.plan import lb_url
 from tasks.libs.core.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.errors import ConfigError
@@ -24,7 +26,7 @@ from tasks.libs.security.target import target_from_settings
 from tasks.libs.server.auth import client_env
 
 DEPLOYMENT_HELP = {
-    "url": "server to check (default: the configured server, settings server.url)",
+    "url": "server to check (default: the configured server, settings server.url; the cluster's load balancer URL works too)",
     "report_dir": "where report.md/json, junit.xml and the screenshot go (default <state_dir>/reports/checks-<time>)",
     "cleanup": "delete the check's experiment and registered model afterwards",
     "browser": f"Chromium executable for the web UI check (default {DEFAULT_BROWSER}); 'none' skips it",
@@ -49,10 +51,13 @@ def deployment(c, url=None, report_dir=None, cleanup=False, browser=None, profil
     settings = settings_from(profile, config, backend=backend).settings
     configured_url = settings.server.url
     target = (url or configured_url).rstrip("/")
-    store_uri, store_skip, artifacts_dir = None, None, None
-    if target == configured_url.rstrip("/"):
+    store_uri, store_skip = None, None
+    storage: dict = {"artifacts_dir": None}
+    if target == lb_url(settings) and settings.backend != "postgres":  # a cluster runs on PostgreSQL only
+        settings = settings_from(profile, config, backend="postgres").settings
+    if target in (configured_url.rstrip("/"), lb_url(settings)):
         os.environ.update(client_env(settings))  # sign in when the server runs with basic auth
-        artifacts_dir = settings.artifacts_dir
+        storage = storage_arguments(settings)
         try:
             store_uri = backend_store_uri(settings, reveal=True)
         except ConfigError as exc:
@@ -68,7 +73,7 @@ def deployment(c, url=None, report_dir=None, cleanup=False, browser=None, profil
         report_dir=out_dir,
         store_uri=store_uri,
         store_skip_reason=store_skip,
-        artifacts_dir=artifacts_dir,
+        **storage,
         browser=None if browser.lower() == "none" else browser,
         cleanup=cleanup,
         on_result=lambda r: print(f"  {r.number}. {r.name}: {r.status} ({r.duration:.1f} s)", flush=True),

@@ -10,7 +10,7 @@ from pydantic import SecretStr
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.processes import port_is_free
 from tasks.libs.core.waits import wait_until
-from tasks.libs.postgres import local
+from tasks.libs.postgres import os_user
 from tasks.libs.postgres.connection import check_reachable, connect
 from tasks.libs.postgres.local import LocalPostgres
 from tasks.libs.postgres.providers import provider_for
@@ -116,7 +116,7 @@ def test_busy_port_is_reported_and_nothing_started(state_dir):
 
 def test_missing_binaries_is_one_clear_error(state_dir, monkeypatch):
     settings = make_settings(state_dir, backend="postgres")
-    monkeypatch.setattr(local, "find_binaries", lambda bin_dir: None)
+    monkeypatch.setattr(os_user, "find_binaries", lambda bin_dir, tools: None)
     with pytest.raises(UserError, match="apt-get install postgresql"):
         provider_for(settings).start()
 

@@ -24,7 +24,7 @@ from tasks.libs.deploy.systemd import exec_words
 from tasks.libs.deploy.writer import export
 from tasks.libs.postgres.connection import recreate_database
 from tasks.libs.server.command import server_command
-from tasks.libs.server.lifecycle import health, store_answers
+from tasks.libs.server.probes import health, store_answers
 from tests.support.deploy import env_file_values, unit_entries, unit_environment
 from tests.support.settings import make_state_dir
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from tasks.libs.deploy.validate import check_compose, check_systemd, compose_binary
 from tasks.libs.deploy.writer import export
@@ -147,3 +148,21 @@ def test_every_variant_passes_both_validators(variant, tmp_path):
         check_systemd(export(settings, "systemd", profile=variant, out=tmp_path / "systemd", write_secrets=False).out)
         == []
     )
+
+
+@pytest.mark.parametrize("fmt", ["compose", "systemd", "helm"])
+def test_metrics_exports_carry_prometheus_files_that_promtool_checks(fmt, tmp_path):
+    from tasks.libs.deploy.validate import check_directory
+    from tasks.libs.monitoring.prometheus import CONFIG_FILE, RULES_FILE
+
+    settings = settings_for(tmp_path / "state", "postgres, auth, metrics")
+    settings.deploy.systemd.python = sys.executable
+    if fmt == "helm":  # pods cannot reach this machine's PostgreSQL
+        settings.postgres.provider, settings.postgres.uri = "external", SecretStr("postgresql://u@db.example:5432/m")
+    out = export(settings, fmt, profile="metrics", out=tmp_path / fmt, write_secrets=False).out
+    assert (out / CONFIG_FILE).is_file() and "alert: MlflowAllServersDown" in (out / RULES_FILE).read_text()
+    assert check_directory(out) == (fmt, [])
+    rules = out / RULES_FILE
+    rules.write_text(rules.read_text().replace("expr: ", "expr: rate(", 1))  # an unbalanced PromQL expression
+    found, problems = check_directory(out)
+    assert found == fmt and any("promtool check" in p for p in problems), problems

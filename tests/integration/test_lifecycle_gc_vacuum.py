@@ -12,9 +12,9 @@ from mlflow import MlflowClient
 
 from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.errors import UserError
-from tasks.libs.lifecycle.gc import collect
+from tasks.libs.lifecycle.gc import HELPER, collect
 from tasks.libs.lifecycle.vacuum import vacuum
-from tasks.libs.server.lifecycle import running_record
+from tasks.libs.server.artifact_services import ArtifactsServer
 from tests.support.lifecycle import drop, head_store, old_store, pg_on, sqlite_in
 from tests.support.settings import make_settings, make_state_dir
 
@@ -98,7 +98,7 @@ def test_sqlite_gc_dry_run_then_gc_through_a_temporary_server_then_orphans_with_
     assert not (art / made["experiment"] / "models" / made["logged_model"]).exists()
     assert (art / made["experiment"] / extra["recent"] / "artifacts" / "model.bin").exists()  # deleted 0 days ago
     assert (art / made["experiment"] / made["runs"][0] / "artifacts" / "kept.txt").exists()
-    assert running_record(settings, name="gc-artifacts") is None  # the helper server is gone
+    assert ArtifactsServer(settings, name=HELPER).running() is None  # the helper server is gone
     assert len(result.orphans) == 2 and not result.orphans_removed  # listed, kept without --apply
 
     applied = collect(settings, other, older_than="30d", dry_run=False, apply=True, say=lambda _: None)

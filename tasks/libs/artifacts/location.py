@@ -14,6 +14,7 @@ never in argv.
 from __future__ import annotations
 
 import sys
+from urllib.parse import urlsplit
 
 from tasks.libs.core.credentials import generated_secret
 from tasks.libs.core.settings import Settings
@@ -78,9 +79,11 @@ def artifacts_server_url(settings: Settings) -> str:
 
 
 def artifacts_server_command(settings: Settings) -> list[str]:
-    """Split mode: the `--artifacts-only` server that proxies the bucket."""
+    """Split mode: the `--artifacts-only` server that proxies the bucket (S3 settings in its env)."""
     cfg = settings.artifacts.artifacts_server
-    return [
+    names = ("localhost", "127.0.0.1", urlsplit(artifacts_server_url(settings)).hostname or "127.0.0.1")
+    allowed = ",".join(dict.fromkeys(n for name in names for n in (name, f"{name}:{cfg.port}")))
+    cmd = [
         sys.executable,
         "-m",
         "mlflow",
@@ -94,4 +97,15 @@ def artifacts_server_command(settings: Settings) -> list[str]:
         str(cfg.port),
         "--workers",
         str(cfg.workers),
+        "--allowed-hosts",
+        allowed,
     ]
+    return cmd + (["--uvicorn-opts", settings.server.uvicorn_opts] if settings.server.uvicorn_opts else [])
+
+
+def client_s3_env(settings: Settings) -> dict[str, str]:
+    """What a client needs to log artifacts: direct mode hands clients the bucket itself.
+
+    Without MLFLOW_S3_ENDPOINT_URL a direct-mode client would send its uploads to AWS.
+    """
+    return s3_env(settings) if settings.artifacts.store == "s3" and settings.artifacts.mode == "direct" else {}

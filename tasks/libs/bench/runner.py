@@ -170,6 +170,7 @@ def _isolate(base: Settings, state: Path, password: str, *, database: str, pg_po
     pg.provider, pg.uri, pg.password, pg.database = "local", None, SecretStr(password), database
     pg.local.cluster_dir = None
     pg.port = pg_port or free_port()
+    s.artifacts.s3.port, s.artifacts.artifacts_server.port = free_port(), free_port()  # one embedded S3 per set-up
     return s
 
 

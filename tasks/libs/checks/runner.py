@@ -65,6 +65,7 @@ class CheckContext:
     store_uri: str | None = None
     store_skip_reason: str | None = None
     artifacts_dir: Path | None = None
+    bucket: Any = None  # tasks.libs.artifacts.s3.BucketView when artifacts live in S3
     browser: str | None = DEFAULT_BROWSER
     experiment_id: str | None = None
     run_id: str | None = None
@@ -114,6 +115,8 @@ def run_checks(
     store_uri: str | None = None,
     store_skip_reason: str | None = None,
     artifacts_dir: Path | None = None,
+    bucket: Any = None,
+    client_env: dict[str, str] | None = None,
     browser: str | None = DEFAULT_BROWSER,
     cleanup: bool = False,
     on_result: Callable[[CheckResult], None] | None = None,
@@ -122,7 +125,9 @@ def run_checks(
     """Run every check against the server at tracking_uri; never raises for a server's fault.
 
     store_uri is the server's SQLAlchemy backend URI (password revealed; it is never written
-    out), artifacts_dir its --artifacts-destination on disk. on_result is called after each
+    out), artifacts_dir its --artifacts-destination on disk, or bucket (a BucketView) when the
+    artifacts live in S3. client_env is what the client needs besides (direct mode: the S3
+    endpoint and credentials), set for the run only. on_result is called after each
     check, e.g. to print progress. cleanup deletes the experiment and registered model after.
     """
     report_dir = Path(report_dir)
@@ -138,7 +143,7 @@ def run_checks(
         registered_model=f"{NAME_PREFIX}-model-{stamp}",
         report_dir=report_dir,
     )
-    with client_environment(url), tempfile.TemporaryDirectory(prefix="mlflow-ops-check-") as work:
+    with client_environment(url, client_env), tempfile.TemporaryDirectory(prefix="mlflow-ops-check-") as work:
         from mlflow import MlflowClient
 
         ctx = CheckContext(
@@ -152,6 +157,7 @@ def run_checks(
             store_uri=store_uri,
             store_skip_reason=store_skip_reason,
             artifacts_dir=Path(artifacts_dir) if artifacts_dir else None,
+            bucket=bucket,
             browser=browser,
         )
         steps = list(checks or all_checks())
@@ -282,13 +288,15 @@ def cleanup_check_objects(ctx: CheckContext) -> str:
 
 
 @contextlib.contextmanager
-def client_environment(url: str) -> Iterator[None]:
-    """Set CLIENT_ENV and the fluent API's tracking/registry URI; restore both afterwards."""
+def client_environment(url: str, extra: dict[str, str] | None = None) -> Iterator[None]:
+    """Set CLIENT_ENV (plus extra) and the fluent API's tracking/registry URI; restore both afterwards."""
     import mlflow
     from mlflow.tracking import _model_registry, _tracking_service
 
     # set_tracking_uri/set_registry_uri also export MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI.
-    saved_env = {key: os.environ.get(key) for key in [*CLIENT_ENV, "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"]}
+    extra = extra or {}
+    keys = [*CLIENT_ENV, *extra, "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"]
+    saved_env = {key: os.environ.get(key) for key in keys}
     saved_tracking = _tracking_service.utils._tracking_uri
     saved_registry = _model_registry.utils._registry_uri
     # create_model_version logs an INFO line per version while it waits for READY.
@@ -296,6 +304,7 @@ def client_environment(url: str) -> Iterator[None]:
     saved_level = registry_log.level
     registry_log.setLevel(logging.WARNING)
     os.environ.update(CLIENT_ENV)
+    os.environ.update(extra)
     mlflow.set_tracking_uri(url)
     mlflow.set_registry_uri(url)
     try:

@@ -7,14 +7,28 @@ transaction.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.exc import SQLAlchemyError
 
+from tasks.libs.artifacts.location import client_s3_env
+from tasks.libs.artifacts.s3 import BucketView, where_artifacts_are
 from tasks.libs.checks.results import CheckFailed, CheckSkipped
 from tasks.libs.checks.runner import CheckContext, describe_error
 from tasks.libs.core.errors import UserError
+from tasks.libs.core.settings import Settings
 from tasks.libs.store.artifacts import local_artifact_path
 from tasks.libs.store.inspection import integrity, integrity_problems
 from tasks.libs.store.reader import UnsupportedStore, first_line, open_store
+
+
+def storage_arguments(settings: Settings) -> dict[str, Any]:
+    """run_checks' keywords for where the configured server keeps artifacts: a folder or a bucket,
+    and what a client needs to reach them (direct mode: the bucket's endpoint and credentials)."""
+    where = where_artifacts_are(settings)
+    if isinstance(where, BucketView):
+        return {"artifacts_dir": None, "bucket": where, "client_env": client_s3_env(settings)}
+    return {"artifacts_dir": where, "bucket": None, "client_env": {}}
 
 
 def check_storage(ctx: CheckContext) -> str:
@@ -73,6 +87,8 @@ def _artifacts_part(ctx: CheckContext) -> str:
     roots = {"run": ctx.client.get_run(ctx.run_id).info.artifact_uri}
     if ctx.model_info is not None:
         roots["model"] = ctx.client.get_logged_model(ctx.model_info.model_id).artifact_location
+    if ctx.bucket is not None:
+        return _bucket_part(ctx, roots)
     checked, problems = 0, []
     for what, uri in roots.items():
         root = local_artifact_path(uri, ctx.artifacts_dir)
@@ -90,6 +106,40 @@ def _artifacts_part(ctx: CheckContext) -> str:
     if checked == 0:
         raise CheckSkipped("artifact files: the check run has no artifacts (artifact and model checks failed)")
     return f"{checked} artifact files on disk under {ctx.artifacts_dir or root} with the listed sizes"
+
+
+def _bucket_part(ctx: CheckContext, roots: dict[str, str]) -> str:
+    """S3: every file the server lists is an object in the bucket, of the listed size."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    bucket = ctx.bucket
+    checked, problems = 0, []
+    for what, uri in roots.items():
+        root = bucket.key_for(uri)
+        if root is None:
+            raise CheckFailed(f"{what} artifacts at {uri} are not in {bucket.uri}, where the server should put them")
+        stored = dict(bucket.objects(root))
+        if what == "model" and f"{root}/MLmodel" not in stored:
+            # the server lists from the same bucket, so only the store says this object must exist
+            problems.append(
+                f"the logged model has no MLmodel object at s3://{bucket.bucket}/{root} (it cannot be loaded)"
+            )
+        for path, size in _listed_files(get_artifact_repository(uri)):
+            checked += 1
+            key = f"{root}/{path}"
+            if key not in stored:
+                problems.append(f"{what} artifact {path} listed by the server but no object s3://{bucket.bucket}/{key}")
+            elif size is not None and stored[key] != size:
+                problems.append(f"{what} artifact {path}: object has {stored[key]} bytes, server lists {size}")
+    if problems:
+        raise CheckFailed("; ".join(problems[:5]) + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
+    if checked == 0:
+        raise CheckSkipped("artifact files: the check run has no artifacts (artifact and model checks failed)")
+    usage = bucket.usage()
+    return (
+        f"{checked} artifact objects in {bucket.uri} with the listed sizes "
+        f"(the bucket holds {usage['objects']} objects, {usage['bytes']} bytes under the prefix)"
+    )
 
 
 def _listed_files(repo, path: str = ""):

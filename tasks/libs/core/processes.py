@@ -164,6 +164,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def free_ports_in_a_row(count: int, host: str = "127.0.0.1") -> int:
+    """The first of count consecutive ports that are all free right now (a cluster's replicas)."""
+    for _ in range(200):
+        first = free_port(host)
+        if first + count <= 65535 and all(port_is_free(host, first + i) for i in range(count)):
+            return first
+    raise RuntimeError(f"found no {count} consecutive free ports on {host}")
+
+
 def tail(path: Path, lines: int = 20) -> str:
     """The last lines of a log file, as written: redact it before showing it (core.redact)."""
     try:

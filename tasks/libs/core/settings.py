@@ -16,8 +16,6 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -25,8 +23,12 @@ from pydantic import (
     model_validator,
 )
 
-from tasks.libs.core.durations import parse_duration
+from tasks.libs.core.deploy_settings import DeploySettings
 from tasks.libs.core.errors import ConfigError
+from tasks.libs.core.lifecycle_settings import LifecycleSettings
+from tasks.libs.core.scaleout_settings import ClusterSettings, MonitoringSettings
+from tasks.libs.core.security_settings import SecuritySettings
+from tasks.libs.core.strict import Port, _Strict
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]  # tasks/libs/core/settings.py -> the checkout
 CONFIG_DIR = PROJECT_ROOT / "config"
@@ -35,13 +37,6 @@ ENV_PREFIX = "MLFLOW_OPS_"
 ENV_PROFILE = ENV_PREFIX + "PROFILE"
 ENV_CONFIG_FILE = ENV_PREFIX + "CONFIG"
 LAYER_SELECTORS = {ENV_PROFILE, ENV_CONFIG_FILE}
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
-
-
-Port = Field(ge=1, le=65535)
 
 
 class AuthSettings(_Strict):
@@ -173,105 +168,6 @@ class PostgresSettings(_Strict):
         return value
 
 
-class SecuritySettings(_Strict):
-    request_timeout: float = Field(gt=0)
-    probe_timeout: float = Field(gt=0)
-    request_budget: int = Field(ge=10, le=500)
-    known_fixed: str | None
-
-    @field_validator("known_fixed")
-    @classmethod
-    def _absolute_file(cls, value: str | None) -> str | None:
-        if value is not None and not os.path.isabs(value):
-            raise ValueError(f"{value!r} is relative; give an absolute path or leave it null")
-        return value
-
-
-class DeployResources(_Strict):
-    requests: dict[str, str]
-    limits: dict[str, str]
-
-    @field_validator("requests", "limits")
-    @classmethod
-    def _known_resources(cls, value: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(value) - {"cpu", "memory"})
-        if unknown:
-            raise ValueError(f"only cpu and memory are exported, not {', '.join(unknown)}")
-        return value
-
-
-class DeployGcSettings(_Strict):
-    enabled: bool
-    older_than: str = Field(pattern=r"^([0-9]+(\.[0-9]+)?[dhms])+$")
-    on_calendar: str
-    cron: str
-
-
-class DeploySystemdSettings(_Strict):
-    user: str
-    python: str | None
-    config_dir: str
-
-    @field_validator("python", "config_dir")
-    @classmethod
-    def _absolute(cls, value: str | None) -> str | None:
-        if value is not None and not os.path.isabs(value):
-            raise ValueError(f"{value!r} is relative; systemd needs an absolute path")
-        return value
-
-
-class DeployHelmSettings(_Strict):
-    persistence: bool | None
-    strategy: Literal["RollingUpdate", "Recreate"] | None
-    storage: str
-
-
-class DeploySettings(_Strict):
-    name: str = Field(pattern=r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
-    image: str
-    public_host: str | None
-    replicas: int = Field(ge=1, le=100)
-    max_connections: int | None = Field(ge=1)
-    connection_reserve: int = Field(ge=0)
-    auth_database: str = Field(min_length=1)
-    resources: DeployResources
-    gc: DeployGcSettings
-    systemd: DeploySystemdSettings
-    helm: DeployHelmSettings
-
-
-class LifecycleSettings(_Strict):
-    backups_dir: str | None
-    keep_backups: int | None = Field(ge=1)
-    max_backup_age: str
-    rehearsal_database: str | None
-    server_checks: bool
-    venvs_dir: str | None
-    migrate_batch_rows: int = Field(ge=100, le=1_000_000)
-    verify_runs: int = Field(ge=1)
-    gc_older_than: str
-
-    @field_validator("backups_dir", "venvs_dir")
-    @classmethod
-    def _absolute_folder(cls, value: str | None) -> str | None:
-        if value is not None and not os.path.isabs(value):
-            raise ValueError(f"{value!r} is relative; give an absolute path or leave it null")
-        return value
-
-    @field_validator("max_backup_age", "gc_older_than")
-    @classmethod
-    def _duration(cls, value: str) -> str:
-        parse_duration(value)  # raises ValueError with the one-line reason
-        return value
-
-    @field_validator("rehearsal_database")
-    @classmethod
-    def _plain_name(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", value):
-            raise ValueError("use letters, digits and _ only (a PostgreSQL database name, at most 63 characters)")
-        return value
-
-
 class Settings(_Strict):
     state_dir: str
     backend: Literal["sqlite", "postgres"]
@@ -282,6 +178,17 @@ class Settings(_Strict):
     security: SecuritySettings
     deploy: DeploySettings
     lifecycle: LifecycleSettings
+    cluster: ClusterSettings
+    monitoring: MonitoringSettings
+
+    @model_validator(mode="after")
+    def _no_port_twice(self) -> Settings:
+        seen: dict[int, str] = {}
+        for key, port in ports_in_use(self):
+            if port in seen:
+                raise ValueError(f"{key} and {seen[port]} are both port {port}; give one of them another port")
+            seen[port] = key
+        return self
 
     @property
     def state_path(self) -> Path:
@@ -295,6 +202,27 @@ class Settings(_Strict):
     @property
     def artifacts_dir(self) -> Path:
         return self.state_path / "artifacts"
+
+
+def ports_in_use(settings: Settings) -> list[tuple[str, int]]:
+    """(key, port) of every listener the settings would start: always the server and PostgreSQL,
+    the rest when enabled (a cluster's ports count always: `cluster.up` may start any day)."""
+    found = [("server.port", settings.server.port), ("postgres.port", settings.postgres.port)]
+    artifacts = settings.artifacts
+    if artifacts.store == "s3" and artifacts.s3.provider == "embedded":
+        found.append(("artifacts.s3.port", artifacts.s3.port))
+    if artifacts.store == "s3" and artifacts.mode == "split":
+        found.append(("artifacts.artifacts_server.port", artifacts.artifacts_server.port))
+    cluster = settings.cluster
+    found += [("cluster.lb.port", cluster.lb.port), ("cluster.lb.stats_port", cluster.lb.stats_port)]
+    found += [(f"cluster.first_port (+{i}: replica r{i})", cluster.first_port + i) for i in range(cluster.replicas)]
+    if cluster.pgbouncer.enabled:
+        found.append(("cluster.pgbouncer.port", cluster.pgbouncer.port))
+    if cluster.read_replica.enabled:
+        found.append(("cluster.read_replica.port", cluster.read_replica.port))
+    if settings.monitoring.postgres_exporter.enabled:
+        found.append(("monitoring.postgres_exporter.port", settings.monitoring.postgres_exporter.port))
+    return found
 
 
 @dataclass
@@ -498,6 +426,10 @@ def _explain(exc: ValidationError, sources: dict[str, str]) -> str:
     given = err.get("input")
     shown = "***" if "password" in key or key.endswith("uri") else repr(given)
     message = err["msg"].removeprefix("Value error, ")
+    if isinstance(given, dict):  # a check across keys: the message names them; never echo a section (secrets)
+        named = [k for k in re.findall(r"[a-z_0-9]+(?:\.[a-z_0-9]+)+", message) if k in sources]
+        source = next((sources[k] for k in named if sources[k] != "config/defaults.yaml"), source)
+        return f"{source}: {message}"
     if err["type"] == "literal_error":
         options = err.get("ctx", {}).get("expected", "")
         hint = _did_you_mean(str(given), re.findall(r"'([^']*)'", options))

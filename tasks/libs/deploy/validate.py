@@ -26,8 +26,10 @@ from typing import Any
 
 import yaml
 
+from tasks.libs.core.errors import UserError
 from tasks.libs.deploy import helm_objects
 from tasks.libs.deploy.helm_schema import SCHEMA
+from tasks.libs.monitoring.prometheus import CONFIG_FILE, RULES_FILE, promtool_check
 
 K8S_VERSION = "1.33.0"
 CHART_ENV = "MLFLOW_OPS_HELM_CHART"
@@ -45,13 +47,22 @@ def detect_format(directory: Path) -> str | None:
 
 def check_directory(directory: Path) -> tuple[str | None, list[str]]:
     fmt = detect_format(directory)
-    if fmt == "compose":
-        return fmt, check_compose(directory)
-    if fmt == "helm":
-        return fmt, check_helm(directory)
-    if fmt == "systemd":
-        return fmt, check_systemd(directory)
-    return None, [f"{directory}: no docker-compose.yaml, values.yaml or *.service here"]
+    checks = {"compose": check_compose, "helm": check_helm, "systemd": check_systemd}
+    if fmt is None:
+        return None, [f"{directory}: no docker-compose.yaml, values.yaml or *.service here"]
+    return fmt, checks[fmt](directory) + check_prometheus(directory)
+
+
+def check_prometheus(directory: Path) -> list[str]:
+    """promtool on the scrape config and alert rules, when the export has them (server.metrics)."""
+    config, rules = directory / CONFIG_FILE, directory / RULES_FILE
+    if not config.is_file():
+        return []
+    try:
+        verdicts = promtool_check(config, rules)
+    except UserError as exc:
+        return [str(exc)]
+    return [v for v in verdicts if v.startswith("not checked")]
 
 
 # --- Compose ------------------------------------------------------------------------------

@@ -15,12 +15,14 @@ from tasks.libs.core.errors import UserError
 from tasks.libs.core.settings import Settings
 from tasks.libs.deploy import compose, guardrails, helm, helm_objects, systemd, target
 from tasks.libs.deploy.process import (
+    CONTAINER_PORT,
     SecretRef,
     container_placement,
     server_process,
     systemd_placement,
 )
 from tasks.libs.deploy.yamlout import dump
+from tasks.libs.monitoring.prometheus import CONFIG_FILE, RULES_FILE, ScrapeTargets, alert_rules, scrape_config
 from tasks.libs.server.auth import admin_credentials
 
 GENERATORS: dict[str, Callable[[Settings, str], dict[str, str]]] = {
@@ -42,9 +44,19 @@ def default_out(settings: Settings, fmt: str) -> Path:
 
 
 def monitoring_files(settings: Settings, fmt: str) -> dict[str, str]:
-    """Prometheus scrape configuration and alert rules for this export. None yet: the monitoring
-    library supplies them, and this call is the one place where they join the other files."""
-    return {}
+    """With server.metrics on: a Prometheus scrape config for the exported server and the alert
+    rules `cluster.up` writes too (tasks/libs/monitoring), checked by `deploy.check` with promtool."""
+    if not settings.server.metrics:
+        return {}
+    target = {
+        "compose": f"mlflow:{CONTAINER_PORT}",  # the service name on the project's network
+        "helm": f"{settings.deploy.name}:80",  # the chart's Service, in the release's namespace
+        "systemd": f"{settings.server.host}:{settings.server.port}",
+    }[fmt]
+    targets = ScrapeTargets(mlflow=[target], labels={"deployment": settings.deploy.name})
+    exporter = settings.monitoring.postgres_exporter.enabled
+    rules = alert_rules(settings.monitoring, haproxy=False, postgres=exporter)
+    return {CONFIG_FILE: dump(scrape_config(targets, settings.monitoring)), RULES_FILE: dump(rules)}
 
 
 def render(settings: Settings, fmt: str, profile: str) -> dict[str, str]:

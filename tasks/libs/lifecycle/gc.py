@@ -29,8 +29,9 @@ from tasks.libs.core.settings import Settings
 from tasks.libs.lifecycle.journal import Journal, StepTable
 from tasks.libs.lifecycle.runtime import installed, run_mlflow
 from tasks.libs.postgres.connection import check_reachable
+from tasks.libs.server.artifact_services import ArtifactsServer
 from tasks.libs.server.auth import client_env
-from tasks.libs.server.lifecycle import running_record, start_server, stop_server
+from tasks.libs.server.lifecycle import running_record
 from tasks.libs.store.artifacts import artifact_sizes, local_artifact_path, tree_size
 from tasks.libs.store.reader import StoreReader, open_store
 
@@ -151,25 +152,24 @@ def collect(
 def _run_gc(settings: Settings, result: GcResult, steps: StepTable) -> None:
     store_uri, env = store_uri_and_password_env(settings)
     proxied = any((i.uri or "").startswith("mlflow-artifacts:") for i in result.items)
-    helper: Settings | None = None
+    helper: ArtifactsServer | None = None
     tracking = store_uri
     if proxied:
         ours = running_record(settings)
         if ours:
             tracking, result.server = ours.url, f"our server (pid {ours.pid})"
         else:
-            helper = settings.model_copy(deep=True)
-            helper.server.port = free_port()
-            helper.server.host = "127.0.0.1"
+            helper_settings = settings.model_copy(deep=True)
+            helper_settings.server.host = "127.0.0.1"
+            helper_settings.artifacts.artifacts_server.port = free_port()
+            helper = ArtifactsServer(helper_settings, name=HELPER)
             with steps.step(
                 "start a temporary artifacts-only server", if_interrupted="nothing removed yet", dirty=False
             ) as row:
-                started = start_server(helper, artifacts_only=True, name=HELPER)
-                tracking, result.server = (
-                    started.record.url,
-                    f"a temporary artifacts-only server on {started.record.url}",
-                )
-                row.detail = f"{started.seconds:.1f} s"
+                began = time.monotonic()
+                helper.start()
+                tracking, result.server = helper.url, f"a temporary artifacts-only server on {helper.url}"
+                row.detail = f"{time.monotonic() - began:.1f} s"
     try:
         with steps.step(
             f"mlflow gc --older-than {result.older_than}",
@@ -186,7 +186,7 @@ def _run_gc(settings: Settings, result: GcResult, steps: StepTable) -> None:
             row.detail = f"artifacts deleted through {result.server or 'the store URI (no proxied artifacts)'}"
     finally:
         if helper is not None:
-            stop_server(helper, name=HELPER)
+            helper.stop()
     with steps.step(
         "read back what was removed", if_interrupted="mlflow gc finished; only its check was cut short", dirty=False
     ) as row:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from tasks.libs.artifacts.s3 import where_artifacts_are
 from tasks.libs.bench.workload import (
     ClientPool,
     load_spec,
@@ -27,11 +28,19 @@ from tasks.libs.bench.workload import (
 )
 from tasks.libs.checks.reports import write_reports
 from tasks.libs.checks.runner import run_checks
+from tasks.libs.checks.storage import storage_arguments
+from tasks.libs.cluster.orchestrate import cluster_down
 from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.processes import free_port
 from tasks.libs.core.settings import Settings
 from tasks.libs.core.state import STATE_DIR_MODE, ensure_state_dir
+from tasks.libs.pipeline.cluster_stage import (
+    checks_through_the_balancer,
+    isolated_cluster,
+    start_cluster,
+    write_here_read_there,
+)
 from tasks.libs.postgres.connection import recreate_database
 from tasks.libs.postgres.providers import Provider, provider_for
 from tasks.libs.security.suite import run_security, verdict
@@ -70,10 +79,12 @@ def isolated_settings(per_backend: dict[str, Settings]) -> dict[str, Settings]:
     first = next(iter(per_backend.values()))
     state_dir = str(first.state_path / "full-check")
     server_port, pg_port = free_port(first.server.host), free_port(first.postgres.host)
+    s3_port, artifacts_server_port = free_port(), free_port()  # never a user's embedded S3 on 3115
     isolated = {}
     for backend, base in per_backend.items():
         settings = base.model_copy(deep=True, update={"state_dir": state_dir})
         settings.server.port, settings.postgres.port = server_port, pg_port
+        settings.artifacts.s3.port, settings.artifacts.artifacts_server.port = s3_port, artifacts_server_port
         settings.postgres.database = "mlflow_full_check"
         settings.postgres.docker.container += "-full-check"
         settings.postgres.docker.volume += "-full-check"
@@ -90,14 +101,20 @@ def run_full_check(
     preset: str = "quick",
     browser: str | None = None,
     say: Callable[[str], None] = print,
+    cluster: Settings | None = None,
 ) -> PipelineReport:
-    """Run every stage per backend (each with its own layered settings); stop all we started
-    (also on failure or Ctrl-C) unless keep."""
+    """Run every stage per backend (each with its own layered settings), then, given cluster (the
+    PostgreSQL layered settings), the cluster stage; stop all we started (also on failure or
+    Ctrl-C) unless keep."""
     began = time.monotonic()
     report = PipelineReport(report_dir=str(report_dir))
     isolated = isolated_settings(per_backend)
     any_settings = next(iter(isolated.values()))
+    pg_port = any_settings.postgres.port
+    on_cluster = isolated_cluster(cluster, any_settings.state_dir, pg_port) if cluster else None
     os.environ.update(client_env(any_settings))  # workload and check clients sign in when auth is on
+    if on_cluster:
+        cluster_down(on_cluster)  # what an earlier --keep run left
     _clean_slate(isolated)
     report_dir.mkdir(parents=True, exist_ok=True)
     spec = load_spec(preset)
@@ -121,14 +138,38 @@ def run_full_check(
             finally:
                 if not keep:
                     _stage(report, backend, "server.stop", say, lambda: stop_server(current))
+        if on_cluster:
+            db = _cluster_stages(report, on_cluster, db, report_dir, browser, keep, say)
     finally:
         if not keep:
+            if on_cluster:
+                cluster_down(on_cluster)  # what an interrupted stage left
             if db is not None:
                 db.stop()
             stop_server(any_settings)  # a server left by an interrupted stage
         report.wall_s = time.monotonic() - began
         write_pipeline_report(report, report_dir)
     return report
+
+
+def _cluster_stages(report, settings: Settings, db: Provider | None, report_dir: Path, browser, keep, say):
+    """The cluster stage; returns the database provider (started here when no backend stage did)."""
+    if db is None:
+        db = _stage(report, "cluster", "db.start", say, lambda: _start_db(settings))
+        if db is None:
+            return None
+    if _stage(report, "cluster", "cluster.up", say, lambda: start_cluster(settings)) is not None:
+        _stage(report, "cluster", "write here, read there", say, lambda: write_here_read_there(settings))
+        _stage(
+            report,
+            "cluster",
+            "deployment checks",
+            say,
+            lambda: checks_through_the_balancer(settings, report_dir / "cluster", browser),
+        )
+    if not keep:
+        _stage(report, "cluster", "cluster.down", say, lambda: "; ".join(cluster_down(settings)[:2]) + " ...")
+    return db
 
 
 def _stage(report: PipelineReport, backend: str, name: str, say, action):
@@ -185,7 +226,7 @@ def _checks(settings: Settings, out_dir: Path, browser) -> str:
         settings.server.url,
         report_dir=out_dir,
         store_uri=backend_store_uri(settings, reveal=True),
-        artifacts_dir=settings.artifacts_dir,
+        **storage_arguments(settings),
         cleanup=False,
         **kwargs,
     )
@@ -196,7 +237,7 @@ def _checks(settings: Settings, out_dir: Path, browser) -> str:
 
 
 def _inspect(settings: Settings, out_dir: Path) -> str:
-    found = inspect_store(backend_store_uri(settings, reveal=True), settings.artifacts_dir)
+    found = inspect_store(backend_store_uri(settings, reveal=True), where_artifacts_are(settings))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "inspect.json").write_text(json.dumps(found, indent=2, default=str))
     errors = section_errors(found)

@@ -24,8 +24,8 @@ from tasks.libs.core.errors import UserError
 from tasks.libs.core.processes import port_holder, port_is_free, tail
 from tasks.libs.core.settings import Settings
 from tasks.libs.core.state import ensure_state_dir
-from tasks.libs.postgres.binaries import find_binaries
 from tasks.libs.postgres.connection import check_reachable, wait_for_database
+from tasks.libs.postgres.os_user import PostgresOsUser, server_binaries
 
 
 class LocalPostgres:
@@ -34,6 +34,7 @@ class LocalPostgres:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.pg = settings.postgres
+        self.os_user = PostgresOsUser(settings.postgres.local.os_user)
         self.state_dir = settings.state_path / "postgres"
         self.root = self._cluster_root()
         self.data_dir = self.root / "data"
@@ -158,13 +159,7 @@ class LocalPostgres:
     # --- setup -----------------------------------------------------------------------
 
     def _binaries(self) -> Path:
-        bins = find_binaries(self.pg.local.bin_dir)
-        if bins is None:
-            raise UserError(
-                "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found: "
-                "`apt-get install postgresql` or set postgres.local.bin_dir"
-            )
-        return bins
+        return server_binaries(self.pg.local.bin_dir)
 
     def _initdb(self, bins: Path) -> None:
         self._prepare_dirs()
@@ -258,36 +253,13 @@ class LocalPostgres:
 
     def _os_user(self) -> pwd.struct_passwd | None:
         """The unprivileged account to run as when we are root (Postgres refuses root)."""
-        if os.geteuid() != 0:
-            return None
-        try:
-            return pwd.getpwnam(self.pg.local.os_user)
-        except KeyError:
-            raise UserError(
-                f"running as root, PostgreSQL needs an unprivileged OS user; "
-                f"{self.pg.local.os_user!r} does not exist (create it or set postgres.local.os_user)"
-            ) from None
+        return self.os_user.account()
 
     def _chown(self, path: Path) -> None:
-        user = self._os_user()
-        if user:
-            os.chown(path, user.pw_uid, user.pw_gid)
+        self.os_user.chown(path)
 
     def _run(self, cmd: list[str]) -> subprocess.CompletedProcess[str]:
-        user = self._os_user()
-        env = {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-        # start_new_session: the postmaster must not die with our terminal or our process group.
-        return subprocess.run(
-            cmd,
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=self.root,
-            start_new_session=True,
-            user=user.pw_uid if user else None,
-            group=user.pw_gid if user else None,
-            extra_groups=[] if user else None,
-        )
+        return self.os_user.run(cmd, cwd=self.root)
 
 
 def reachable_by(path: Path, user: pwd.struct_passwd) -> bool:

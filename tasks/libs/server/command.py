@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from tasks.libs.artifacts.location import artifact_root, s3_env, server_artifact_args
+from tasks.libs.artifacts.location import s3_env, server_artifact_args
 from tasks.libs.core.credentials import store_uri_and_password_env
 from tasks.libs.core.settings import Settings
 from tasks.libs.server.auth import auth_server_env
@@ -23,25 +23,15 @@ from tasks.libs.server.auth import auth_server_env
 STOCK_UVICORN_OPTS = "--http h11 --loop asyncio"
 
 
-def server_command(settings: Settings, *, stock: bool = False, artifacts_only: bool = False) -> list[str]:
+def server_command(settings: Settings, *, stock: bool = False, metrics_path: Path | None = None) -> list[str]:
+    """metrics_path: the multiprocess folder when server.metrics is on (default: metrics_dir)."""
     cfg = settings.server
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", cfg.host, "--port", str(cfg.port)]
     if stock:
         return cmd + ["--uvicorn-opts", STOCK_UVICORN_OPTS]
-    if artifacts_only:  # no store, no sign-in: a helper on loopback that serves the artifact folder
-        return cmd + [
-            "--artifacts-only",
-            "--artifacts-destination",
-            artifact_root(settings),
-            "--workers",
-            "1",
-            "--allowed-hosts",
-            allowed_hosts(settings),
-            *(["--uvicorn-opts", cfg.uvicorn_opts] if cfg.uvicorn_opts else []),
-        ]
     cmd += ["--workers", str(cfg.workers), *server_artifact_args(settings), "--allowed-hosts", allowed_hosts(settings)]
     if cfg.metrics:
-        cmd += ["--expose-prometheus", str(metrics_dir(settings))]
+        cmd += ["--expose-prometheus", str(metrics_path or metrics_dir(settings))]
     if cfg.uvicorn_opts:
         cmd += ["--uvicorn-opts", cfg.uvicorn_opts]
     if cfg.auth.enabled:
@@ -49,16 +39,8 @@ def server_command(settings: Settings, *, stock: bool = False, artifacts_only: b
     return cmd
 
 
-def server_env(settings: Settings, *, stock: bool = False, artifacts_only: bool = False) -> dict[str, str]:
+def server_env(settings: Settings, *, stock: bool = False) -> dict[str, str]:
     """The server's environment: ours, plus what the settings add; the store URI travels here."""
-    if artifacts_only:  # MLflow refuses a store URI in --artifacts-only mode, even from the environment
-        env = {
-            k: v for k, v in os.environ.items() if k not in ("MLFLOW_BACKEND_STORE_URI", "MLFLOW_REGISTRY_STORE_URI")
-        }
-        env.update(settings.server.env)
-        env.update(s3_env(settings))
-        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-        return env
     if stock:  # nothing of ours: no MLFLOW_* variable of the caller's reaches a stock server
         store_uri, password_env = store_uri_and_password_env(settings)
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks.libs.core.credentials import backend_store_uri, known_secrets
@@ -22,13 +19,20 @@ from tasks.libs.core.processes import (
     stop_group,
     tail,
 )
+from tasks.libs.core.programs import require_module
 from tasks.libs.core.redact import redact
 from tasks.libs.core.settings import Settings
 from tasks.libs.core.state import ensure_state_dir
 from tasks.libs.core.waits import wait_ready, wait_until
 from tasks.libs.postgres.connection import check_reachable
+from tasks.libs.server.artifact_services import (
+    artifact_services_status,
+    start_artifact_services,
+    stop_artifact_services,
+)
 from tasks.libs.server.auth import basic_auth_header
-from tasks.libs.server.command import is_loopback, server_command, server_env
+from tasks.libs.server.command import is_loopback, metrics_dir, server_command, server_env
+from tasks.libs.server.probes import health, store_answers
 
 
 @dataclass
@@ -37,10 +41,9 @@ class ServerPaths:
     log_file: Path
 
     @classmethod
-    def of(cls, settings: Settings, name: str = "server") -> ServerPaths:
-        """name: "server" for the server; another name for a helper server beside it (own pid file and log)."""
+    def of(cls, settings: Settings) -> ServerPaths:
         run = settings.state_path / "server"
-        return cls(pid_file=run / f"{name}.pid", log_file=run / f"{name}.log")
+        return cls(pid_file=run / "server.pid", log_file=run / "server.log")
 
 
 @dataclass
@@ -62,24 +65,21 @@ class StartResult:
     seconds: float
     reused: bool
     warnings: list[str]
+    notes: list[str] = field(default_factory=list)  # what else started: the embedded S3, the artifacts server
 
     @property
     def backend(self) -> str:
         return self.record.backend
 
 
-def start_server(
-    settings: Settings, *, stock: bool = False, artifacts_only: bool = False, name: str = "server"
-) -> StartResult:
+def start_server(settings: Settings, *, stock: bool = False) -> StartResult:
     """Start the server (or reuse ours if it already runs on this backend) and wait until ready.
 
     stock=True starts MLflow as a plain `pip install mlflow` runs it (see server.command): the
     baseline the bench measures ours against. It gets no WAL switch, no fallback, no auth.
-    artifacts_only=True serves only the artifact folder (`mlflow gc` needs one to delete proxied
-    artifacts); ready means /health answers. name keeps a helper server's pid file apart.
     """
-    paths = ServerPaths.of(settings, name)
-    current = running_record(settings, name=name)
+    paths = ServerPaths.of(settings)
+    current = running_record(settings)
     if current:
         if current.backend != settings.backend:
             raise UserError(
@@ -96,17 +96,22 @@ def start_server(
         )
     warnings = [] if stock else bind_warnings(settings)
     ensure_state_dir(settings)  # before anything made inside it could make it with the default mode
-    if settings.backend == "postgres" and not artifacts_only:
+    if cfg.metrics and not stock:
+        require_module("prometheus_flask_exporter", "server.metrics")  # without it every worker crashes
+    if settings.backend == "postgres":
         settings = _postgres_or_fallback(settings, warnings, fallback=cfg.fallback_to_sqlite and not stock)
-    if settings.backend == "sqlite" and not artifacts_only:
+    if settings.backend == "sqlite":
         prepare_sqlite(settings.sqlite_file, wal=settings.sqlite.wal and not stock)
 
     if settings.artifacts.store == "local":
         settings.artifacts_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if cfg.metrics and not stock:
+        prepare_metrics_dir(metrics_dir(settings))
     started = time.monotonic()
+    notes = [] if stock else start_artifact_services(settings, "server")
     proc = start_group(
-        server_command(settings, stock=stock, artifacts_only=artifacts_only),
-        env=server_env(settings, stock=stock, artifacts_only=artifacts_only),
+        server_command(settings, stock=stock),
+        env=server_env(settings, stock=stock),
         log_path=paths.log_file,
         cwd=settings.state_path,
     )
@@ -128,8 +133,6 @@ def start_server(
             raise UserError("the server exited during start-up")
         if not health(cfg.url):
             return "/health does not answer"
-        if artifacts_only:
-            return None
         return None if store_answers(cfg.url, headers=headers) else "/health answers, a store call does not"
 
     try:
@@ -138,10 +141,10 @@ def start_server(
         stopped = "" if proc.poll() is not None else "; stopped it"
         stop_group(record.pgid, grace=cfg.stop_grace)
         paths.pid_file.unlink(missing_ok=True)
-        raise UserError(
-            f"{exc}{stopped}\n--- last lines of {paths.log_file} ---\n{log_tail(settings, 15, name=name)}"
-        ) from None
-    return StartResult(record, time.monotonic() - started, False, warnings)
+        if not stock:
+            stop_artifact_services(settings, "server")
+        raise UserError(f"{exc}{stopped}\n--- last lines of {paths.log_file} ---\n{log_tail(settings, 15)}") from None
+    return StartResult(record, time.monotonic() - started, False, warnings, notes)
 
 
 def _postgres_or_fallback(settings: Settings, warnings: list[str], *, fallback: bool) -> Settings:
@@ -162,9 +165,13 @@ def _postgres_or_fallback(settings: Settings, warnings: list[str], *, fallback: 
     raise UserError(f"PostgreSQL is not usable ({problem}); run `inv db.start` first")
 
 
-def stop_server(settings: Settings, *, name: str = "server") -> str:
-    """Stop our server's whole process group; a message saying what happened."""
-    paths = ServerPaths.of(settings, name)
+def stop_server(settings: Settings) -> str:
+    """Stop our server's whole process group, then what it held for artifacts; what happened."""
+    return "; ".join([_stop_tracking_server(settings), *stop_artifact_services(settings, "server")])
+
+
+def _stop_tracking_server(settings: Settings) -> str:
+    paths = ServerPaths.of(settings)
     record = ServerRecord.read(paths.pid_file)
     if record is None:
         return "the server is not running (no pid file)"
@@ -177,9 +184,18 @@ def stop_server(settings: Settings, *, name: str = "server") -> str:
     return f"stopped the server (pid {record.pid}, {how})"
 
 
-def running_record(settings: Settings, *, name: str = "server") -> ServerRecord | None:
+def prepare_metrics_dir(path: Path) -> None:
+    """Create prometheus_client's multiprocess folder, emptied: every worker leaves files there
+    (counter_<pid>.db, ...) that a new server would add to its own counts."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for leftover in path.iterdir():
+        if leftover.is_file():
+            leftover.unlink()
+
+
+def running_record(settings: Settings) -> ServerRecord | None:
     """Our live server's record; a stale pid file (process gone or pid reused) is removed."""
-    paths = ServerPaths.of(settings, name)
+    paths = ServerPaths.of(settings)
     record = ServerRecord.read(paths.pid_file)
     if record and is_alive(record):
         return record
@@ -200,12 +216,13 @@ def server_status(settings: Settings) -> dict:
         "url": record.url,
         "healthy": health(record.url),
         "log": record.log,
+        **artifact_services_status(settings),
     }
 
 
-def log_tail(settings: Settings, lines: int, *, name: str = "server") -> str:
+def log_tail(settings: Settings, lines: int) -> str:
     """The end of the server's log with every secret the settings know masked."""
-    return redact(tail(ServerPaths.of(settings, name).log_file, lines), known_secrets(settings))
+    return redact(tail(ServerPaths.of(settings).log_file, lines), known_secrets(settings))
 
 
 def prepare_sqlite(path: Path, *, wal: bool) -> None:
@@ -224,28 +241,6 @@ def prepare_sqlite(path: Path, *, wal: bool) -> None:
             conn.close()
     except (OSError, sqlite3.Error) as exc:
         raise UserError(f"cannot use SQLite file {path} ({exc}); fix sqlite.path or move the file away") from None
-
-
-def health(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-            return resp.status == 200
-    except (OSError, urllib.error.URLError):
-        return False
-
-
-def store_answers(url: str, *, headers: dict[str, str] | None = None) -> bool:
-    body = json.dumps({"max_results": 1}).encode()
-    req = urllib.request.Request(
-        f"{url}/api/2.0/mlflow/experiments/search",
-        data=body,
-        headers={"Content-Type": "application/json", **(headers or {})},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status == 200
-    except (OSError, urllib.error.URLError):
-        return False
 
 
 def bind_warnings(settings: Settings) -> list[str]:

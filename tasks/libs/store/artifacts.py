@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from tasks.libs.artifacts.s3 import BucketView
 from tasks.libs.store.reader import StoreReader
 
 # Sub-folders of an experiment folder that hold other entities than runs: table, id column.
@@ -133,3 +134,49 @@ def _subdirs(path: Path) -> list[Path]:
         return [p for p in path.iterdir() if p.is_dir() and not p.is_symlink()]
     except FileNotFoundError:
         return []
+
+
+def bucket_sizes(store: StoreReader, bucket: BucketView, *, limit: int = 50) -> dict[str, Any]:
+    """The S3 counterpart of artifact_sizes: objects and bytes per experiment and run, read from
+    one listing of the bucket's prefix, and experiment folders no experiment row owns."""
+    objects = dict(bucket.objects())
+    experiments = {str(e) for (e,) in store.rows("SELECT experiment_id FROM experiments")}
+    per_experiment: dict[str, list[int]] = {}
+    for key, size in objects.items():
+        entry = per_experiment.setdefault(bucket.experiment_of(key), [0, 0])
+        entry[0] += 1
+        entry[1] += size
+    run_entries, elsewhere = [], 0
+    runs = store.rows(
+        "SELECT run_uuid, experiment_id, artifact_uri, lifecycle_stage FROM runs ORDER BY start_time DESC"
+    )
+    for run_id, exp_id, uri, stage in runs:
+        run_key = bucket.key_for(uri)
+        if run_key is None:
+            elsewhere += 1
+            continue
+        folder = run_key.removesuffix("/artifacts") + "/"
+        sizes = [size for k, size in objects.items() if k.startswith(folder)]
+        if sizes:
+            run_entries.append(
+                {
+                    "experiment_id": exp_id,
+                    "run_id": run_id,
+                    "bytes": sum(sizes),
+                    "objects": len(sizes),
+                    "deleted": stage == "deleted",
+                }
+            )
+    run_entries.sort(key=lambda r: -r["bytes"])
+    return {
+        "bucket": bucket.uri,
+        "total_bytes": sum(objects.values()),
+        "objects": len(objects),
+        "per_experiment": [
+            {"experiment_id": e, "bytes": v[1], "objects": v[0], "owned": e in experiments}
+            for e, v in sorted(per_experiment.items())
+        ],
+        "per_run": run_entries[:limit],
+        "runs_not_shown": max(0, len(run_entries) - limit),
+        "runs_with_artifacts_elsewhere": elsewhere,
+    }

@@ -13,7 +13,8 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from tasks.libs.store.artifacts import artifact_sizes
+from tasks.libs.artifacts.s3 import BucketView
+from tasks.libs.store.artifacts import artifact_sizes, bucket_sizes
 from tasks.libs.store.reader import (
     ForeignKey,
     StoreReader,
@@ -31,7 +32,7 @@ DEFAULT_LIMIT = 50
 
 def inspect_store(
     uri: str,
-    artifacts_dir: str | Path | None = None,
+    artifacts_dir: str | Path | BucketView | None = None,
     *,
     sections: tuple[str, ...] | list[str] = SECTIONS,
     with_schema: bool = False,
@@ -39,7 +40,10 @@ def inspect_store(
     limit: int = DEFAULT_LIMIT,
     now_ms: int | None = None,
 ) -> dict[str, Any]:
-    """Open `uri` read-only and return {"store": masked uri, "dialect": ..., <section>: data}."""
+    """Open `uri` read-only and return {"store": masked uri, "dialect": ..., <section>: data}.
+
+    artifacts_dir is the artifact folder, or a BucketView when the artifacts live in S3.
+    """
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
         raise ValueError(f"unknown section(s) {unknown}; known: {', '.join(SECTIONS)}")
@@ -75,7 +79,10 @@ def _gather(report, store, section, artifacts_dir, with_schema, stale_hours, lim
         report["registry"] = model_registry(store)
     elif section == "sizes":
         sizes = store_sizes(store)
-        sizes["artifacts"] = artifact_sizes(store, artifacts_dir, limit=limit)
+        if isinstance(artifacts_dir, BucketView):
+            sizes["artifacts"] = bucket_sizes(store, artifacts_dir, limit=limit)
+        else:
+            sizes["artifacts"] = artifact_sizes(store, artifacts_dir, limit=limit)
         report["sizes"] = sizes
 
 

@@ -271,6 +271,9 @@ def _sizes(out: _Out, info: dict) -> None:
 
 
 def _artifacts(out: _Out, art: dict) -> None:
+    if "bucket" in art:
+        _bucket(out, art)
+        return
     out.subheading(f"artifacts in {art.get('artifacts_dir') or '-'}")
     if "note" in art:
         out.line(art["note"])
@@ -301,6 +304,28 @@ def _artifacts(out: _Out, art: dict) -> None:
         out.line(f"... {art['runs_missing_folder_count'] - len(art['runs_missing_folder'])} more")
     if art["runs_with_remote_artifacts"]:
         out.line(f"{art['runs_with_remote_artifacts']} run(s) keep artifacts elsewhere (not on this disk)")
+
+
+def _bucket(out: _Out, art: dict) -> None:
+    out.subheading(f"artifacts in {art['bucket']}")
+    out.line(f"{human_bytes(art['total_bytes'])} in {art['objects']} objects")
+    out.table(
+        [
+            [e["experiment_id"], human_bytes(e["bytes"]), e["objects"], "" if e["owned"] else "no experiment row"]
+            for e in art["per_experiment"]
+        ],
+        ["experiment", "size", "objects", ""],
+    )
+    out.subheading("largest runs")
+    out.table(
+        [
+            [r["experiment_id"], r["run_id"], human_bytes(r["bytes"]), r["objects"], "deleted" if r["deleted"] else ""]
+            for r in art["per_run"]
+        ],
+        ["exp", "run", "size", "objects", ""],
+    )
+    if art["runs_with_artifacts_elsewhere"]:
+        out.line(f"{art['runs_with_artifacts_elsewhere']} run(s) keep artifacts outside this bucket")
 
 
 _WRITERS: dict[str, Callable[[_Out, Any], None]] = {

@@ -1,0 +1,232 @@
+"""HAProxy (Debian's haproxy 2.6) in front of the replicas: config, `haproxy -c`, our own process
+group, and each replica's state as HAProxy sees it over the stats socket.
+
+Facts this relies on (measured here):
+- `haproxy -f CFG -db` as root stays in the foreground as one process (14 MB), answers on its
+  stats socket in 0.1 s and exits within a second of SIGTERM. On a host with systemd, apt
+  starts Debian's own haproxy service; we never touch it (its default config binds nothing).
+- The health check must send a Host header, or MLflow's host check refuses it.
+- A replica's whole group SIGKILLed under 8 clients: DOWN after 0.8-1.3 s with
+  inter 1000ms fall 2; only the requests in flight failed (a closed connection or a 502), and
+  new connections to the dead replica were redispatched (`retry-on conn-failure`,
+  `option redispatch`), so nothing is sent twice.
+- `haproxy -c`'s useful line names file:line ("parsing [cfg:2] : ..."); the last only says
+  "Fatal errors found in configuration".
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tasks.libs.cluster.plan import ReplicaPlan, cluster_dir
+from tasks.libs.core.errors import UserError
+from tasks.libs.core.processes import (
+    ProcessRecord,
+    is_alive,
+    port_holder,
+    port_is_free,
+    start_group,
+    stop_group,
+    tail,
+)
+from tasks.libs.core.programs import require_program
+from tasks.libs.core.settings import Settings
+from tasks.libs.core.waits import wait_ready, wait_until
+
+BACKEND = "replicas"
+
+
+@dataclass
+class HaproxyRecord(ProcessRecord):
+    port: int
+    stats_port: int
+    config_sha: str  # the config it runs: a different one means a restart
+
+
+def render(settings: Settings, plans: list[ReplicaPlan], sock: Path) -> str:
+    """The whole config; regenerated on every start."""
+    lb = settings.cluster.lb
+    fastinter = max(100, lb.check_interval_ms // 4)
+    lines = [
+        "# written by mlflow-ops cluster.up; regenerated on every start",
+        "global",
+        "    maxconn 2000",
+        f"    stats socket {sock} mode 600 level admin",
+        "",
+        "defaults",
+        "    mode http",
+        "    timeout connect 2s",
+        "    timeout client 120s",
+        f"    timeout server {lb.timeout_server_s}s",
+        f"    retries {lb.retries}",
+        "    option redispatch 1",
+        f"    retry-on {lb.retry_on}",
+        "",
+        "frontend mlflow",
+        f"    bind {lb.host}:{lb.port}",
+        f"    default_backend {BACKEND}",
+        "",
+        f"backend {BACKEND}",
+        "    balance roundrobin",
+        "    option httpchk",
+        "    http-check send meth GET uri /health ver HTTP/1.1 hdr Host 127.0.0.1",
+        "    http-check expect status 200",
+        f"    default-server inter {lb.check_interval_ms}ms fastinter {fastinter}ms "
+        f"downinter {lb.check_interval_ms}ms fall {lb.fall} rise {lb.rise}",
+        *(f"    server {p.name} {p.host}:{p.port} check" for p in plans),
+        "",
+        "frontend stats",
+        f"    bind 127.0.0.1:{lb.stats_port}",
+        "    http-request use-service prometheus-exporter if { path /metrics }",
+        "    stats enable",
+        "    stats uri /stats",
+        "    stats refresh 5s",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def check_config(path: Path) -> None:
+    """`haproxy -c`: a one-line UserError naming what is wrong."""
+    result = subprocess.run(
+        [require_program("haproxy", "haproxy"), "-c", "-f", str(path)], capture_output=True, text=True, timeout=30
+    )
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines() or ["?"]
+        first = next((line for line in lines if "parsing [" in line), lines[-1])
+        raise UserError(f"haproxy refused {path.name}: {first.split(' : ', 1)[-1].strip()}")
+
+
+class Haproxy:
+    """Our haproxy: <state_dir>/cluster/haproxy/{haproxy.cfg,haproxy.sock,haproxy.pid,haproxy.log}."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.lb = settings.cluster.lb
+        self.root = cluster_dir(settings) / "haproxy"
+        self.cfg = self.root / "haproxy.cfg"
+        self.sock = self.root / "haproxy.sock"
+        self.pid_file = self.root / "haproxy.pid"
+        self.log_file = self.root / "haproxy.log"
+
+    def ensure(self, plans: list[ReplicaPlan]) -> str:
+        """Run haproxy for these replicas: reuse one running this very config, else (re)start it."""
+        text = render(self.settings, plans, self.sock)
+        sha = hashlib.sha256(text.encode()).hexdigest()[:16]
+        current = self.running()
+        if current and current.config_sha == sha:
+            return f"haproxy already running on {self.lb.host}:{self.lb.port} (pid {current.pid}); reused"
+        restarted = ""
+        if current:
+            self.stop()
+            restarted = " (restarted for the new set of replicas)"
+        binary = require_program("haproxy", "haproxy")
+        for port, key in ((self.lb.port, "cluster.lb.port"), (self.lb.stats_port, "cluster.lb.stats_port")):
+            host = self.lb.host if key == "cluster.lb.port" else "127.0.0.1"
+            if not port_is_free(host, port):
+                raise UserError(f"port {port} is in use by {port_holder(port)}; stop that or set {key}")
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.cfg.write_text(text)
+        check_config(self.cfg)
+        self.sock.unlink(missing_ok=True)
+        proc = start_group(
+            [binary, "-f", str(self.cfg), "-db"],
+            env={"PATH": os.environ.get("PATH", "")},
+            log_path=self.log_file,
+            cwd=self.root,
+        )
+        record = HaproxyRecord.of(proc.pid, port=self.lb.port, stats_port=self.lb.stats_port, config_sha=sha)
+        record.write(self.pid_file)
+
+        def probe() -> str | None:
+            if proc.poll() is not None:
+                raise UserError(f"haproxy exited at start:\n{tail(self.log_file, 8)}")
+            try:
+                self.states()
+                return None
+            except OSError as exc:
+                return f"stats socket: {exc.strerror or exc}"
+
+        try:
+            wait_ready(probe, timeout=15, what="haproxy")
+        except UserError:
+            stop_group(record.pgid, grace=5)
+            self.pid_file.unlink(missing_ok=True)
+            raise
+        return f"haproxy started on {self.lb.host}:{self.lb.port}, stats on 127.0.0.1:{self.lb.stats_port}{restarted}"
+
+    def stop(self) -> str:
+        record = HaproxyRecord.read(self.pid_file)
+        if record is None or not is_alive(record):
+            self.pid_file.unlink(missing_ok=True)
+            return "haproxy is not running"
+        how = stop_group(record.pgid, grace=5)
+        self.pid_file.unlink(missing_ok=True)
+        self.sock.unlink(missing_ok=True)
+        return f"haproxy stopped (pid {record.pid}, {how})"
+
+    def running(self) -> HaproxyRecord | None:
+        record = HaproxyRecord.read(self.pid_file)
+        if record and is_alive(record):
+            return record
+        self.pid_file.unlink(missing_ok=True)
+        return None
+
+    def command(self, line: str, timeout: float = 2.0) -> str:
+        """One command on the admin socket, its whole answer."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(timeout)
+            conn.connect(str(self.sock))
+            conn.sendall(line.encode() + b"\n")
+            chunks = []
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode()
+
+    def states(self) -> dict[str, dict[str, Any]]:
+        """`show stat` per replica. status: UP, DOWN, "UP 1/2" (going down), "DOWN 1/2" (coming
+        up), MAINT; lastchg_s: seconds since its last change of state."""
+        rows = csv.DictReader(io.StringIO(self.command("show stat").lstrip("# ")))
+        out = {}
+        for row in rows:
+            if row["pxname"] != BACKEND or row["svname"] in ("FRONTEND", "BACKEND"):
+                continue
+            out[row["svname"]] = {
+                "status": row["status"],
+                "check": row["check_status"],
+                "lastchg_s": _int(row["lastchg"]),
+                "sessions_now": _int(row["scur"]),
+                "sessions_total": _int(row["stot"]),
+                "http_5xx": _int(row["hrsp_5xx"]),
+                "errors_connect": _int(row["econ"]),
+                "errors_response": _int(row["eresp"]),
+                "retries": _int(row["wretr"]),
+                "redispatches": _int(row["wredis"]),
+                "downtime_s": _int(row["downtime"]),
+            }
+        return out
+
+    def wait_all_up(self, names: list[str], timeout: float) -> bool:
+        def all_up() -> bool:
+            try:
+                states = self.states()
+            except OSError:
+                return False
+            return all(states.get(name, {}).get("status") == "UP" for name in names)
+
+        return wait_until(all_up, timeout=timeout, interval=0.2)
+
+    def set_maintenance(self, name: str, on: bool) -> str:
+        """Drain a replica before a planned stop (no request fails), and bring it back."""
+        return self.command(f"{'disable' if on else 'enable'} server {BACKEND}/{name}").strip()
+
+
+def _int(value: str | None) -> int:
+    return int(value) if value else 0

@@ -1,0 +1,253 @@
+"""PgBouncer (Debian's pgbouncer 1.18) in transaction mode between the replicas and PostgreSQL.
+
+Facts this relies on (measured here):
+- PgBouncer refuses root. Started by root with `-u postgres` it works, but it switches user
+  before it reads its auth file or opens a log, so its folder and files belong to that user
+  (they live beside the local PostgreSQL cluster, where that user can reach them).
+- auth_type scram-sha-256 with the user's SCRAM verifier from pg_authid in the auth file:
+  clients log in with the real password and PgBouncer logs in to PostgreSQL with the same
+  proof, so no plaintext password is on disk. The verifier changes with the password: the
+  file is rewritten at every start. Reading pg_authid needs a superuser.
+- MLflow 3.17 (SQLAlchemy 2.1, psycopg2) works through pool_mode transaction, including the
+  first start's schema creation: psycopg2 uses no server-side prepared statements and MLflow
+  sets nothing per session on PostgreSQL.
+- 2 replicas x 2 workers and 8 clients through a pool of 4: PostgreSQL saw at most 4
+  connections (16 without PgBouncer), at 0.93x the throughput.
+- In the foreground it logs to stderr (and to logfile if one is set): our log gets stderr.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+from sqlalchemy.engine import make_url
+
+from tasks.libs.cluster.plan import cluster_dir
+from tasks.libs.core.credentials import postgres_uri
+from tasks.libs.core.errors import UserError
+from tasks.libs.core.processes import (
+    ProcessRecord,
+    is_alive,
+    port_holder,
+    port_is_free,
+    start_group,
+    stop_group,
+    tail,
+)
+from tasks.libs.core.programs import require_program
+from tasks.libs.core.settings import Settings
+from tasks.libs.core.waits import wait_ready
+from tasks.libs.postgres.connection import connect, explain_error
+from tasks.libs.postgres.local import LocalPostgres
+from tasks.libs.postgres.os_user import PostgresOsUser
+
+# Kept free for db.status, inspect, the checks and a psql shell.
+TOOL_RESERVE = 5
+
+
+@dataclass
+class PgBouncerRecord(ProcessRecord):
+    port: int
+    pool_size: int
+
+
+def connection_budget(max_connections: int, superuser_reserved: int) -> int:
+    """Connections the MLflow servers may use (walsenders do not count since PostgreSQL 12)."""
+    return max(1, max_connections - superuser_reserved - TOOL_RESERVE)
+
+
+def server_limits(conn) -> tuple[int, int]:
+    """(max_connections, superuser_reserved_connections) of the server behind conn."""
+    with conn.cursor() as cur:
+        cur.execute("SHOW max_connections")
+        max_connections = int(cur.fetchone()[0])
+        cur.execute("SHOW superuser_reserved_connections")
+        reserved = int(cur.fetchone()[0])
+    return max_connections, reserved
+
+
+def pool_sizes(settings: Settings, *, budget: int, worst_case_clients: int, cpus: int) -> dict[str, int]:
+    """PostgreSQL side: a small pool (transaction pooling peaks near 2 x cores), never above the
+    budget. Client side: room for every replica's SQLAlchemy pools when full, so that no MLflow
+    connect is refused."""
+    cfg = settings.cluster.pgbouncer
+    server_pool = cfg.pool_size or max(2, min(budget, 2 * cpus))
+    if server_pool > budget:
+        raise UserError(
+            f"cluster.pgbouncer.pool_size {server_pool} is more than PostgreSQL can give the servers ({budget}: "
+            f"max_connections minus reserved minus {TOOL_RESERVE}); lower it"
+        )
+    return {
+        "default_pool_size": server_pool,
+        "max_db_connections": server_pool,
+        "reserve_pool_size": 0,
+        "max_client_conn": cfg.max_client_conn or worst_case_clients + 10,
+    }
+
+
+def scram_secret(conn, user: str) -> str:
+    """The user's SCRAM verifier from pg_authid (a superuser connection)."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (user,))
+            row = cur.fetchone()
+    except psycopg2.errors.InsufficientPrivilege:
+        raise UserError(
+            f"PgBouncer passes {user}'s SCRAM secret on, which only a superuser may read from pg_authid; "
+            "make the user a superuser or turn cluster.pgbouncer off"
+        ) from None
+    if not row or not row[0] or not str(row[0]).startswith("SCRAM-SHA-256$"):
+        raise UserError(f"{user} has no SCRAM-SHA-256 password in pg_authid; PgBouncer needs password_encryption scram")
+    return str(row[0])
+
+
+def render_ini(settings: Settings, *, auth_file: Path, sizes: dict[str, int]) -> str:
+    """pgbouncer.ini: one database, the primary's, under its own name."""
+    cfg = settings.cluster.pgbouncer
+    url = make_url(postgres_uri(settings, reveal=True))
+    lines = [
+        "; written by mlflow-ops cluster.up; regenerated on every start",
+        "[databases]",
+        f"{url.database} = host={url.host} port={url.port or 5432} dbname={url.database}",
+        "",
+        "[pgbouncer]",
+        f"listen_addr = {cfg.host}",
+        f"listen_port = {cfg.port}",
+        "unix_socket_dir =",  # TCP only: no socket file in /tmp or /var/run
+        "auth_type = scram-sha-256",
+        f"auth_file = {auth_file}",
+        "pool_mode = transaction",
+        *(f"{key} = {value}" for key, value in sizes.items()),
+        "server_reset_query =",  # transaction pooling: nothing session-level to reset
+        "ignore_startup_parameters = extra_float_digits,options",
+        f"admin_users = {url.username}",
+        f"stats_users = {url.username}",
+        "log_connections = 0",  # one line per login and logout otherwise
+        "log_disconnections = 0",
+        "logfile =",  # stderr goes to our log
+        "pidfile =",  # our pid file is the record
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class PgBouncer:
+    """Our pgbouncer. Config beside the local PostgreSQL cluster, pid file and log in <state>/cluster."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.cfg = settings.cluster.pgbouncer
+        self.os_user = PostgresOsUser(settings.postgres.local.os_user)
+        self.root = LocalPostgres(settings).root / "pgbouncer"
+        self.ini = self.root / "pgbouncer.ini"
+        self.auth_file = self.root / "userlist.txt"
+        self.pid_file = cluster_dir(settings) / "pgbouncer.pid"
+        self.log_file = cluster_dir(settings) / "pgbouncer.log"
+
+    def start(self, *, worst_case_clients: int) -> str:
+        current = self.running()
+        if current:
+            return f"PgBouncer already running on {self.cfg.host}:{self.cfg.port} (pid {current.pid}); reused"
+        binary = require_program("pgbouncer", "pgbouncer")
+        if not port_is_free(self.cfg.host, self.cfg.port):
+            raise UserError(
+                f"port {self.cfg.port} is in use by {port_holder(self.cfg.port)}; stop that or set cluster.pgbouncer.port"
+            )
+        conn = connect(self.settings, dbname="postgres")
+        try:
+            budget = connection_budget(*server_limits(conn))
+            secret = scram_secret(conn, make_url(postgres_uri(self.settings)).username or "")
+        finally:
+            conn.close()
+        sizes = pool_sizes(
+            self.settings, budget=budget, worst_case_clients=worst_case_clients, cpus=os.cpu_count() or 2
+        )
+        user = make_url(postgres_uri(self.settings)).username
+        self._write(self.ini, render_ini(self.settings, auth_file=self.auth_file, sizes=sizes))
+        self._write(self.auth_file, f'"{user}" "{secret}"\n')
+        account = self.os_user.account()
+        cmd = [binary, *(["-u", account.pw_name] if account else []), str(self.ini)]
+        proc = start_group(cmd, env={"PATH": os.environ.get("PATH", "")}, log_path=self.log_file, cwd=self.root)
+        record = PgBouncerRecord.of(proc.pid, port=self.cfg.port, pool_size=sizes["default_pool_size"])
+        record.write(self.pid_file)
+
+        def probe() -> str | None:
+            if proc.poll() is not None:
+                raise UserError(f"pgbouncer exited at start:\n{tail(self.log_file, 8)}")
+            return self.login_problem()
+
+        try:
+            wait_ready(probe, timeout=20, what="PgBouncer")
+        except UserError:
+            stop_group(record.pgid, grace=5)
+            self.pid_file.unlink(missing_ok=True)
+            raise
+        return (
+            f"PgBouncer started on {self.cfg.host}:{self.cfg.port}: transaction pooling, "
+            f"{sizes['default_pool_size']} PostgreSQL connections for up to {sizes['max_client_conn']} clients"
+        )
+
+    def stop(self) -> str:
+        record = PgBouncerRecord.read(self.pid_file)
+        if record is None or not is_alive(record):
+            self.pid_file.unlink(missing_ok=True)
+            return "PgBouncer is not running"
+        # SIGTERM is an immediate shutdown in 1.18: the replicas are stopped before it.
+        how = stop_group(record.pgid, grace=5)
+        self.pid_file.unlink(missing_ok=True)
+        return f"PgBouncer stopped (pid {record.pid}, {how})"
+
+    def running(self) -> PgBouncerRecord | None:
+        record = PgBouncerRecord.read(self.pid_file)
+        if record and is_alive(record):
+            return record
+        self.pid_file.unlink(missing_ok=True)
+        return None
+
+    def connect(self, dbname: str | None = None):
+        """A login through PgBouncer as the configured user (dbname pgbouncer: its admin console)."""
+        url = make_url(postgres_uri(self.settings, reveal=True))
+        return psycopg2.connect(
+            host=self.cfg.host,
+            port=self.cfg.port,
+            user=url.username,
+            password=url.password,
+            dbname=dbname or url.database,
+            connect_timeout=3,
+        )
+
+    def login_problem(self) -> str | None:
+        try:
+            conn = self.connect()
+        except psycopg2.Error as exc:
+            return explain_error(exc, f"{self.cfg.host}:{self.cfg.port}")
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+            return None
+        finally:
+            conn.close()
+
+    def show(self, what: str = "POOLS") -> list[dict[str, Any]]:
+        """SHOW POOLS / STATS / CLIENTS on the admin console."""
+        conn = self.connect("pgbouncer")
+        try:
+            conn.autocommit = True  # the console takes no transactions
+            with conn.cursor() as cur:
+                cur.execute(f"SHOW {what}")
+                names = [d[0] for d in cur.description]
+                return [dict(zip(names, row)) for row in cur.fetchall()]
+        finally:
+            conn.close()
+
+    def _write(self, path: Path, text: str) -> None:
+        """A 0600 file of the OS user's in a 0700 folder of theirs (PgBouncer reads it after setuid)."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.os_user.chown(self.root)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        self.os_user.chown(path)

@@ -1,0 +1,63 @@
+"""The `deploy` section: what only the exported Compose, Helm and systemd files use."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from tasks.libs.core.strict import _Strict
+
+
+class DeployResources(_Strict):
+    requests: dict[str, str]
+    limits: dict[str, str]
+
+    @field_validator("requests", "limits")
+    @classmethod
+    def _known_resources(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - {"cpu", "memory"})
+        if unknown:
+            raise ValueError(f"only cpu and memory are exported, not {', '.join(unknown)}")
+        return value
+
+
+class DeployGcSettings(_Strict):
+    enabled: bool
+    older_than: str = Field(pattern=r"^([0-9]+(\.[0-9]+)?[dhms])+$")
+    on_calendar: str
+    cron: str
+
+
+class DeploySystemdSettings(_Strict):
+    user: str
+    python: str | None
+    config_dir: str
+
+    @field_validator("python", "config_dir")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not os.path.isabs(value):
+            raise ValueError(f"{value!r} is relative; systemd needs an absolute path")
+        return value
+
+
+class DeployHelmSettings(_Strict):
+    persistence: bool | None
+    strategy: Literal["RollingUpdate", "Recreate"] | None
+    storage: str
+
+
+class DeploySettings(_Strict):
+    name: str = Field(pattern=r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
+    image: str
+    public_host: str | None
+    replicas: int = Field(ge=1, le=100)
+    max_connections: int | None = Field(ge=1)
+    connection_reserve: int = Field(ge=0)
+    auth_database: str = Field(min_length=1)
+    resources: DeployResources
+    gc: DeployGcSettings
+    systemd: DeploySystemdSettings
+    helm: DeployHelmSettings

@@ -14,7 +14,13 @@ from tests.support.settings import make_settings
 GOLDEN_DIR = PROJECT_ROOT / "tests" / "golden" / "deploy"
 # Goldens must not depend on the checkout: the ci profile's state dir is relative (under the
 # checkout) and deploy.systemd.python defaults to this venv's Python.
-GOLDEN_PATHS = {"state_dir": "/var/lib/mlflow-ops", "deploy.systemd.python": "/opt/mlflow-ops/.venv/bin/python"}
+# What would make the goldens depend on the machine that writes them: paths, and `workers: auto`
+# (one per core here) pinned to 2.
+GOLDEN_PATHS = {
+    "state_dir": "/var/lib/mlflow-ops",
+    "deploy.systemd.python": "/opt/mlflow-ops/.venv/bin/python",
+    "server.workers": 2,
+}
 # name -> (profile, extra settings): the two profiles, and ci on PostgreSQL (Compose runs its own).
 GOLDEN_CASES = {"ci": ("ci", {}), "prod": ("prod", {}), "ci-postgres": ("ci", {"backend": "postgres"})}
 UPDATE_ENV = "MLFLOW_OPS_UPDATE_GOLDENS"

@@ -130,3 +130,11 @@ def test_external_uri_without_a_password_takes_postgres_password(tmp_path):
         **{"postgres.provider": "external", "postgres.password": "pw@x", "postgres.uri": "postgresql://u@db:5432/m"},
     ).settings
     assert store_uri_and_password_env(settings) == ("postgresql+psycopg2://u@db:5432/m", {"PGPASSWORD": "pw@x"})
+
+
+def test_workers_auto_is_one_per_core(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 6)
+    assert load(tmp_path).settings.server.workers == 6  # the default is auto
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    assert load(tmp_path).settings.server.workers == 8
+    assert load(tmp_path, "server: {workers: 3}").settings.server.workers == 3

@@ -53,12 +53,22 @@ class AuthSettings(_Strict):
         return value
 
 
+def auto_workers() -> int:
+    """One uvicorn worker per core of this machine (at most 8)."""
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
 class ServerSettings(_Strict):
     host: str
     port: int = Port
     workers: int = Field(ge=1, le=64)
     job_execution: bool
     allowed_hosts: list[str] | None
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _auto_workers(cls, value: object) -> object:
+        return auto_workers() if value == "auto" else value
     start_timeout: float = Field(gt=0)
     stop_grace: float = Field(ge=0)
     fallback_to_sqlite: bool

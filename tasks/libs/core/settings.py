@@ -69,6 +69,7 @@ class ServerSettings(_Strict):
     @classmethod
     def _auto_workers(cls, value: object) -> object:
         return auto_workers() if value == "auto" else value
+
     start_timeout: float = Field(gt=0)
     stop_grace: float = Field(ge=0)
     fallback_to_sqlite: bool

@@ -10,7 +10,7 @@ import pytest
 from tasks.libs.bench import report as bench_report
 from tasks.libs.bench.runner import run_bench
 from tasks.libs.bench.workload import OPS, load_spec
-from tests.support.settings import make_settings, make_state_dir
+from tests.support.settings import make_settings
 
 
 def tiny_spec():
@@ -34,7 +34,9 @@ def tiny_spec():
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     messages: list[str] = []
-    per_backend = {b: make_settings(make_state_dir(), backend=b) for b in ("sqlite", "postgres")}
+    # only read for their settings: the bench runs in state dirs of its own under /tmp
+    state = tmp_path_factory.mktemp("settings")
+    per_backend = {b: make_settings(state, backend=b) for b in ("sqlite", "postgres")}
     doc = run_bench(per_backend, spec=tiny_spec(), progress=messages.append)
     out = bench_report.write_outputs(doc, tmp_path_factory.mktemp("results"))
     yield doc, out, messages

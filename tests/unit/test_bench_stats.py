@@ -249,3 +249,53 @@ def test_concurrent_cells_use_concurrent_ops_when_the_preset_has_them():
     assert spec.ops_for(1) == spec.ops
     assert spec.ops_for(8) == spec.concurrent_ops and spec.concurrent_ops["log_model_sklearn"] == 0
     assert spec.scaled(concurrent_ops=None).ops_for(8) == spec.ops
+
+
+def test_worst_cell_says_how_busy_the_machine_was():
+    cells = _cells()
+    cells[("sqlite", "tuned", 8, "log_metric")] = cell_stats([{**_rep([40] * 5, 120), "cpu_busy": 0.97}])
+    cells[("sqlite", "stock", 8, "log_metric")] = cell_stats(
+        [{**_rep([90] * 5, 150), "cpu_busy": 0.9}, {**_rep([90] * 5, 150), "cpu_busy": 1.0}]
+    )
+    _, where = worst_cell(cells, "sqlite")
+    assert where == "log_metric x8 calls/s; CPU 97%/95% busy"  # stock: median of 90% and 100%
+    row = next(
+        r
+        for r in bench_report.timing_rows(
+            {
+                "cells": [
+                    {"backend": b, "setup": s, "clients": c, "op": op, **cell} for (b, s, c, op), cell in cells.items()
+                ]
+            }
+        )
+        if r[:3] == ["sqlite", 8, "log_metric"]
+    )
+    assert row[7] == "97%" and row[13] == "95%"
+    assert (
+        bench_report.timing_rows(
+            {
+                "cells": [
+                    {
+                        "backend": "sqlite",
+                        "setup": "tuned",
+                        "clients": 1,
+                        "op": "log_metric",
+                        **cells[("sqlite", "tuned", 1, "log_metric")],
+                    }
+                ]
+            }
+        )[0][7]
+        == "-"
+    )  # no reading (an older results file): no figure
+
+
+def test_phase_cpu_busy_spans_first_start_to_last_end():
+    from tasks.libs.bench.workload import phase_cpu_busy
+
+    parts = [
+        {"span": (10.0, 12.0), "cpu": ((100.0, 200.0), (103.0, 204.0))},
+        {"span": (10.5, 13.0), "cpu": ((101.0, 201.0), (108.0, 210.0))},  # ends last
+        {"span": (9.5, 11.0), "cpu": ((99.0, 198.0), (101.0, 200.0))},  # starts first
+    ]
+    assert phase_cpu_busy(parts) == pytest.approx((108 - 99) / (210 - 198))
+    assert phase_cpu_busy([{"span": None, "cpu": None}]) is None

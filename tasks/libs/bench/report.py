@@ -33,6 +33,7 @@ CSV_FIELDS = (
     "mean_ms",
     "max_ms",
     "throughput",
+    "cpu_busy",
     "rows_per_s",
 )
 FILES = ("results.json", "results.csv", "report.md", "chart.png")
@@ -51,9 +52,16 @@ def timing_rows(doc: dict) -> list[list[str]]:
         tuned, stock = (cells.get((backend, s, clients, op)) for s in ("tuned", "stock"))
         for cell in (tuned, stock):
             row += (
-                [fmt(cell["p50_ms"]), fmt(cell["p95_ms"]), fmt(cell["p99_ms"]), fmt(cell["throughput"]), cell["errors"]]
+                [
+                    fmt(cell["p50_ms"]),
+                    fmt(cell["p95_ms"]),
+                    fmt(cell["p99_ms"]),
+                    fmt(cell["throughput"]),
+                    _percent(cell.get("cpu_busy")),
+                    cell["errors"],
+                ]
                 if cell
-                else ["-"] * 5
+                else ["-"] * 6
             )
         row.append(_times(ratio(stock["p50_ms"], tuned["p50_ms"])) if tuned and stock else "-")
         rows.append(row)
@@ -68,11 +76,13 @@ TIMING_HEADERS = [
     "p95",
     "p99",
     "calls/s",
+    "cpu",
     "err",
     "stock p50 ms",
     "p95",
     "p99",
     "calls/s",
+    "cpu",
     "err",
     "stock/tuned p50",
 ]
@@ -122,6 +132,10 @@ FOOTPRINT_HEADERS = [
 
 def _mb(value) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value / 2**20:,.0f}"
+
+
+def _percent(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.0%}"
 
 
 def _times(value) -> str:
@@ -253,7 +267,9 @@ def markdown(doc: dict) -> str:
         "## Timings",
         "",
         "Latency in ms over all repetitions; calls/s is the median over repetitions of "
-        "a phase's successful calls / its wall time with all clients running.",
+        "a phase's successful calls / its wall time with all clients running; cpu is how busy "
+        "the whole machine's CPU was meanwhile (server, database and clients share its cores: "
+        "near 100% the machine, not the set-up, is the limit).",
         "",
         tabulate(timing_rows(doc), headers=TIMING_HEADERS, tablefmt="github", disable_numparse=True),
         "",

@@ -238,6 +238,7 @@ def _timed_cells(targets: list[Target], spec: WorkloadSpec, pool: ClientPool, pr
                             "latencies": r.latencies,
                             "errors": r.errors,
                             "throughput": r.throughput,
+                            "cpu_busy": r.cpu_busy,
                             "error_examples": r.error_examples,
                         }
                     )

@@ -112,9 +112,11 @@ def cell_stats(reps: Iterable[dict[str, Any]]) -> dict[str, Any]:
     pooled = [x for r in reps for x in r["latencies"]]
     out = summarize(pooled)
     rep_tp = [r["throughput"] for r in reps]
+    rep_cpu = [r["cpu_busy"] for r in reps if r.get("cpu_busy") is not None]
     out.update(
         errors=sum(r["errors"] for r in reps),
         throughput=statistics.median(rep_tp) if rep_tp else math.nan,
+        cpu_busy=statistics.median(rep_cpu) if rep_cpu else math.nan,
         rep_throughput=rep_tp,
         rep_p50_ms=[percentile([x * 1000 for x in r["latencies"]], 50) for r in reps],
     )
@@ -213,8 +215,16 @@ def worst_cell(cells: dict[tuple, dict[str, Any]], backend: str) -> tuple[float,
             ("calls/s", ratio(tuned["throughput"], stock["throughput"])),
         ):
             if not math.isnan(value) and (math.isnan(worst) or value < worst):
-                worst, where = value, f"{op} x{clients} {label}"
+                worst, where = value, f"{op} x{clients} {label}{_cpu_note(tuned, stock)}"
     return worst, where
+
+
+def _cpu_note(tuned: dict[str, Any], stock: dict[str, Any]) -> str:
+    """ "; CPU 97%/95% busy" (tuned/stock): whether the machine itself was the limit of a cell."""
+    busy = [cell.get("cpu_busy", math.nan) for cell in (tuned, stock)]
+    if any(math.isnan(b) for b in busy):
+        return ""
+    return f"; CPU {busy[0]:.0%}/{busy[1]:.0%} busy"
 
 
 def footprint_stats(

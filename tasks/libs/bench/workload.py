@@ -28,6 +28,7 @@ from multiprocessing.managers import SyncManager
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from tasks.libs.bench.stats import summarize
@@ -129,6 +130,9 @@ class OpResult:
     errors: int = 0
     error_examples: list[str] = field(default_factory=list)
     span: tuple[float, float] | None = None  # monotonic (first start, last end)
+    # The whole machine's CPU busy fraction over the span (server, database and clients share
+    # the cores): near 1.0 means the cell is bound by this machine's CPU, not by a set-up.
+    cpu_busy: float | None = None
 
     @property
     def wall_s(self) -> float:
@@ -274,8 +278,31 @@ def run_workload(
             errors=sum(p["errors"] for p in parts),
             error_examples=[e for p in parts for e in p["error_examples"]][:3],
             span=(min(s[0] for s in spans), max(s[1] for s in spans)) if spans else None,
+            cpu_busy=phase_cpu_busy(parts),
         )
     return WorkloadResult(clients=clients, ops=merged, wall_s=wall)
+
+
+def phase_cpu_busy(parts: list[dict]) -> float | None:
+    """CPU busy fraction from the first client's start reading to the last client's end reading.
+
+    Each client reads the system-wide counters when its phase starts and ends; the counters are
+    the machine's, so readings from different clients subtract cleanly.
+    """
+    readings = [p for p in parts if p.get("span") and p.get("cpu")]
+    if not readings:
+        return None
+    first = min(readings, key=lambda p: p["span"][0])["cpu"][0]
+    last = max(readings, key=lambda p: p["span"][1])["cpu"][1]
+    busy, total = last[0] - first[0], last[1] - first[1]
+    return busy / total if total > 0 else None
+
+
+def cpu_reading() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all cores."""
+    times = psutil.cpu_times()
+    total = sum(times)
+    return total - times.idle - getattr(times, "iowait", 0.0), total
 
 
 # --- inside a client (a pool worker) -----------------------------------------------------
@@ -335,6 +362,7 @@ def _client_job(job: dict) -> dict:
 def _phase(op: str, count: int, state: dict, timeout_s: float) -> dict:
     call = _CALLS[op]
     out: dict[str, Any] = {"latencies": [], "errors": 0, "error_examples": [], "span": None}
+    cpu_at_start = cpu_reading()
     start = time.monotonic()
     deadline = start + timeout_s
     for i in range(count):
@@ -350,6 +378,7 @@ def _phase(op: str, count: int, state: dict, timeout_s: float) -> dict:
             continue
         out["latencies"].append(time.perf_counter() - t0)
     out["span"] = (start, time.monotonic())
+    out["cpu"] = (cpu_at_start, cpu_reading())
     return out
 
 

@@ -106,6 +106,11 @@ def ratio_summary(
     }
 
 
+def cells_by_key(doc: dict[str, Any]) -> dict[tuple, dict[str, Any]]:
+    """A results document's cells by (backend, setup, clients, op)."""
+    return {(c["backend"], c["setup"], c["clients"], c["op"]): c for c in doc["cells"]}
+
+
 def cell_stats(reps: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Pool one cell's repetitions: reps are {"latencies": [s...], "errors": n, "throughput": calls/s}."""
     reps = list(reps)

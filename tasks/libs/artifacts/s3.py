@@ -237,11 +237,7 @@ class EmbeddedS3:
         return {"embedded S3": f"{record.url} (pid {record.pid}), bucket {record.bucket}"}
 
     def running(self) -> S3Record | None:
-        record = S3Record.read(self.pid_file)
-        if record and is_alive(record):
-            return record
-        self.pid_file.unlink(missing_ok=True)
-        return None
+        return S3Record.live(self.pid_file)
 
     def _not_ready(self) -> str | None:
         import botocore.exceptions

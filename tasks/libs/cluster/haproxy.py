@@ -30,7 +30,6 @@ from tasks.libs.cluster.plan import ReplicaPlan, cluster_dir
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.processes import (
     ProcessRecord,
-    is_alive,
     port_holder,
     port_is_free,
     start_group,
@@ -163,9 +162,8 @@ class Haproxy:
         return f"haproxy started on {self.lb.host}:{self.lb.port}, stats on 127.0.0.1:{self.lb.stats_port}{restarted}"
 
     def stop(self) -> str:
-        record = HaproxyRecord.read(self.pid_file)
-        if record is None or not is_alive(record):
-            self.pid_file.unlink(missing_ok=True)
+        record = HaproxyRecord.live(self.pid_file)
+        if record is None:
             return "haproxy is not running"
         how = stop_group(record.pgid, grace=5)
         self.pid_file.unlink(missing_ok=True)
@@ -173,11 +171,7 @@ class Haproxy:
         return f"haproxy stopped (pid {record.pid}, {how})"
 
     def running(self) -> HaproxyRecord | None:
-        record = HaproxyRecord.read(self.pid_file)
-        if record and is_alive(record):
-            return record
-        self.pid_file.unlink(missing_ok=True)
-        return None
+        return HaproxyRecord.live(self.pid_file)
 
     def command(self, line: str, timeout: float = 2.0) -> str:
         """One command on the admin socket, its whole answer."""

@@ -31,7 +31,6 @@ from tasks.libs.core.credentials import postgres_uri
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.processes import (
     ProcessRecord,
-    is_alive,
     port_holder,
     port_is_free,
     start_group,
@@ -191,9 +190,8 @@ class PgBouncer:
         )
 
     def stop(self) -> str:
-        record = PgBouncerRecord.read(self.pid_file)
-        if record is None or not is_alive(record):
-            self.pid_file.unlink(missing_ok=True)
+        record = PgBouncerRecord.live(self.pid_file)
+        if record is None:
             return "PgBouncer is not running"
         # SIGTERM is an immediate shutdown in 1.18: the replicas are stopped before it.
         how = stop_group(record.pgid, grace=5)
@@ -201,11 +199,7 @@ class PgBouncer:
         return f"PgBouncer stopped (pid {record.pid}, {how})"
 
     def running(self) -> PgBouncerRecord | None:
-        record = PgBouncerRecord.read(self.pid_file)
-        if record and is_alive(record):
-            return record
-        self.pid_file.unlink(missing_ok=True)
-        return None
+        return PgBouncerRecord.live(self.pid_file)
 
     def connect(self, dbname: str | None = None):
         """A login through PgBouncer as the configured user (dbname pgbouncer: its admin console)."""

@@ -51,6 +51,15 @@ class ProcessRecord:
             return None  # a corrupt pid file says nothing we can trust
 
     @classmethod
+    def live(cls: type[R], path: Path) -> R | None:
+        """The record in path when its process still runs; a stale pid file is removed."""
+        record = cls.read(path)
+        if record and is_alive(record):
+            return record
+        path.unlink(missing_ok=True)
+        return None
+
+    @classmethod
     def of(cls: type[R], pid: int, **fields) -> R:
         """The record of a live process we just started (its identity read from the OS)."""
         return cls(

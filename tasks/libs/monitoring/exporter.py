@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 
 from tasks.libs.core.credentials import postgres_uri
 from tasks.libs.core.errors import UserError
-from tasks.libs.core.processes import ProcessRecord, is_alive, port_holder, port_is_free, start_group, stop_group, tail
+from tasks.libs.core.processes import ProcessRecord, port_holder, port_is_free, start_group, stop_group, tail
 from tasks.libs.core.programs import require_program
 from tasks.libs.core.settings import Settings
 from tasks.libs.core.waits import wait_ready
@@ -82,17 +82,12 @@ class PostgresExporter:
         return f"postgres_exporter started on {self.target}"
 
     def stop(self) -> str:
-        record = ExporterRecord.read(self.pid_file)
-        if record is None or not is_alive(record):
-            self.pid_file.unlink(missing_ok=True)
+        record = ExporterRecord.live(self.pid_file)
+        if record is None:
             return "postgres_exporter is not running"
         how = stop_group(record.pgid, grace=5)
         self.pid_file.unlink(missing_ok=True)
         return f"postgres_exporter stopped (pid {record.pid}, {how})"
 
     def running(self) -> ExporterRecord | None:
-        record = ExporterRecord.read(self.pid_file)
-        if record and is_alive(record):
-            return record
-        self.pid_file.unlink(missing_ok=True)
-        return None
+        return ExporterRecord.live(self.pid_file)

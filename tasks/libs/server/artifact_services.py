@@ -18,7 +18,6 @@ from tasks.libs.core.credentials import known_secrets
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.processes import (
     ProcessRecord,
-    is_alive,
     port_holder,
     port_is_free,
     start_group,
@@ -148,17 +147,12 @@ class ArtifactsServer:
         return f"artifacts server ready at {self.url} (--artifacts-only, {artifact_root(self.settings)})"
 
     def stop(self) -> str:
-        record = ArtifactsServerRecord.read(self.pid_file)
-        if record is None or not is_alive(record):
-            self.pid_file.unlink(missing_ok=True)
+        record = ArtifactsServerRecord.live(self.pid_file)
+        if record is None:
             return "the artifacts server is not running"
         how = stop_group(record.pgid, grace=self.settings.server.stop_grace)
         self.pid_file.unlink(missing_ok=True)
         return f"stopped the artifacts server (pid {record.pid}, {how})"
 
     def running(self) -> ArtifactsServerRecord | None:
-        record = ArtifactsServerRecord.read(self.pid_file)
-        if record and is_alive(record):
-            return record
-        self.pid_file.unlink(missing_ok=True)
-        return None
+        return ArtifactsServerRecord.live(self.pid_file)

@@ -195,12 +195,7 @@ def prepare_metrics_dir(path: Path) -> None:
 
 def running_record(settings: Settings) -> ServerRecord | None:
     """Our live server's record; a stale pid file (process gone or pid reused) is removed."""
-    paths = ServerPaths.of(settings)
-    record = ServerRecord.read(paths.pid_file)
-    if record and is_alive(record):
-        return record
-    paths.pid_file.unlink(missing_ok=True)
-    return None
+    return ServerRecord.live(ServerPaths.of(settings).pid_file)
 
 
 def server_status(settings: Settings) -> dict:

@@ -2,9 +2,10 @@
 
 from pathlib import Path
 
-# Invoke imports this file as module `tasks`, which would hide the tasks/ folder; making
-# this module a package whose path is tasks/ lets `from tasks import db` work under both
-# `inv` and pytest (tasks/ has no __init__.py on purpose).
+# Invoke finds this file before tasks/__init__.py and imports it as module `tasks`, which
+# would hide the tasks/ folder; giving this module the folder as its path lets `from tasks
+# import db` work under `inv`. Python, pytest, editors and type checkers import tasks/ itself
+# (its __init__.py), so both see the same modules.
 __path__ = [str(Path(__file__).resolve().parent / "tasks")]
 
 from invoke import Collection

@@ -7,11 +7,11 @@ from invoke import task
 from invoke.exceptions import Exit
 from tabulate import tabulate
 
+from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 from tasks.libs.bench import report as bench_report
 from tasks.libs.bench.cluster import cluster_table, run_cluster_bench, write_cluster_outputs
 from tasks.libs.bench.runner import BACKENDS, run_bench, stderr_progress
 from tasks.libs.bench.workload import load_spec
-from tasks.libs.core.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 from tasks.libs.core.errors import UserError
 
 RUN_HELP = {

@@ -4,8 +4,8 @@ from invoke import task
 from invoke.exceptions import Exit
 from tabulate import tabulate
 
+from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 from tasks.libs.cluster.orchestrate import cluster_down, cluster_status, cluster_up
-from tasks.libs.core.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 
 COMMON = {"profile": PROFILE_HELP, "config": CONFIG_HELP}
 

@@ -3,7 +3,7 @@
 from invoke import task
 from tabulate import tabulate
 
-from tasks.libs.core.cli import CONFIG_HELP, PROFILE_HELP, settings_from
+from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from
 from tasks.libs.core.settings import as_rows
 
 

@@ -10,27 +10,27 @@ from invoke.exceptions import Exit
 from psycopg2.extensions import parse_dsn
 from tabulate import tabulate
 
+from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 from tasks.libs.cluster.standby import Standby, with_standby
-from tasks.libs.core.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 from tasks.libs.core.credentials import backend_store_uri, postgres_uri
 from tasks.libs.core.durations import parse_duration
 from tasks.libs.core.errors import UserError
-from tasks.libs.lifecycle.artifact_roots import parse_rewrite
 from tasks.libs.lifecycle.backup import BACKUP_LIST_HEADERS, backup_rows, take_backup
 from tasks.libs.lifecycle.gc import collect
-from tasks.libs.lifecycle.journal import interruption_notes
-from tasks.libs.lifecycle.manifest import backups_dir, resolve_backup
+from tasks.libs.lifecycle.internals.journal import interruption_notes
+from tasks.libs.lifecycle.internals.manifest import backups_dir, resolve_backup
+from tasks.libs.lifecycle.internals.root_rewrite import parse_rewrite
+from tasks.libs.lifecycle.internals.runtime import runtime_for
 from tasks.libs.lifecycle.migrate import migrate as migrate_store
 from tasks.libs.lifecycle.rehearsal import rehearse as run_rehearsal
 from tasks.libs.lifecycle.restore import restore_backup
-from tasks.libs.lifecycle.runtime import runtime_for
 from tasks.libs.lifecycle.upgrade import apply_upgrade
 from tasks.libs.lifecycle.vacuum import TABLE_HEADERS as VACUUM_TABLE_HEADERS
 from tasks.libs.lifecycle.vacuum import vacuum as vacuum_store
 from tasks.libs.postgres.connection import recreate_database
 from tasks.libs.postgres.providers import provider_for, remember_provider
 from tasks.libs.server.command import is_loopback
-from tasks.libs.server.lifecycle import running_record
+from tasks.libs.server.control import running_record
 from tasks.libs.store.reader import open_store
 
 COMMON = {

@@ -7,7 +7,7 @@ from pathlib import Path
 from invoke import task
 from invoke.exceptions import Exit
 
-from tasks.libs.core.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
+from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 from tasks.libs.core.settings import Loaded
 from tasks.libs.deploy.validate import check_directory, tool_versions
 from tasks.libs.deploy.writer import export

@@ -8,7 +8,7 @@ from pathlib import Path
 from invoke import task
 from invoke.exceptions import Exit
 
-from tasks.libs.core.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
+from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 from tasks.libs.pipeline.full_check import (
     BACKENDS,
     run_full_check,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from invoke import task
 
+from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 from tasks.libs.artifacts.s3 import where_artifacts_are
-from tasks.libs.core.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.errors import UserError
 from tasks.libs.store.inspection import (

@@ -4,9 +4,9 @@ from invoke import task
 from invoke.exceptions import Exit
 from tabulate import tabulate
 
-from tasks.libs.core.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
+from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 from tasks.libs.monitoring.metrics import fetch_metrics, figures_table, request_figures
-from tasks.libs.server.lifecycle import (
+from tasks.libs.server.control import (
     log_tail,
     server_status,
     start_server,

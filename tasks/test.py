@@ -12,11 +12,11 @@ from pathlib import Path
 from invoke import task
 from invoke.exceptions import Exit
 
+from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 from tasks.libs.checks.reports import format_table, write_reports
 from tasks.libs.checks.runner import DEFAULT_BROWSER, run_checks
 from tasks.libs.checks.storage import storage_arguments
 from tasks.libs.cluster.plan import lb_url
-from tasks.libs.core.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.errors import ConfigError
 from tasks.libs.core.settings import Settings

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tasks.libs.core.processes import free_port
-from tasks.libs.lifecycle.runtime import ensure_venv
+from tasks.libs.lifecycle.internals.runtime import ensure_venv
 from tasks.libs.postgres.providers import provider_for
 from tests.support.settings import (
     PG_PASSWORD,

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from tasks.libs.core.processes import free_port, group_members
 from tasks.libs.core.settings import load_settings
 from tasks.libs.postgres.local import LocalPostgres
-from tasks.libs.server.lifecycle import ServerPaths, ServerRecord
+from tasks.libs.server.control import ServerPaths, ServerRecord
 from tests.support.cli import hermetic_env, inv, pid_files, processes_in
 from tests.support.settings import make_state_dir
 

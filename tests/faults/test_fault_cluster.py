@@ -16,7 +16,7 @@ from tasks.libs.core.processes import free_port, free_ports_in_a_row, group_memb
 from tasks.libs.core.settings import load_settings
 from tasks.libs.core.waits import wait_until
 from tasks.libs.postgres.connection import ensure_database
-from tasks.libs.server.lifecycle import ServerRecord
+from tasks.libs.server.control import ServerRecord
 from tests.support.cli import hermetic_env, inv, pid_files, processes_in
 from tests.support.clients import Clients, lost_acknowledged
 from tests.support.settings import PG_PASSWORD, make_state_dir

@@ -20,7 +20,7 @@ from tasks.libs.core.processes import group_members
 from tasks.libs.core.settings import load_settings
 from tasks.libs.core.waits import wait_until
 from tasks.libs.postgres.local import LocalPostgres
-from tasks.libs.server.lifecycle import (
+from tasks.libs.server.control import (
     ServerPaths,
     ServerRecord,
     health,

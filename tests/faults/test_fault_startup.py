@@ -21,7 +21,7 @@ from tasks.libs.core.errors import UserError
 from tasks.libs.core.processes import group_members, port_is_free
 from tasks.libs.core.settings import load_settings
 from tasks.libs.core.waits import wait_until
-from tasks.libs.server.lifecycle import ServerPaths, start_server, stop_server
+from tasks.libs.server.control import ServerPaths, start_server, stop_server
 from tests.support.cli import hermetic_env, inv, pid_files, processes_in
 from tests.support.settings import make_settings
 

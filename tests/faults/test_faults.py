@@ -11,7 +11,7 @@ import pytest
 
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.processes import group_members, stop_group
-from tasks.libs.server.lifecycle import ServerPaths, start_server
+from tasks.libs.server.control import ServerPaths, start_server
 from tests.support.settings import make_settings
 
 pytestmark = pytest.mark.integration

@@ -23,9 +23,9 @@ from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.settings import PROJECT_ROOT, Settings
 from tasks.libs.core.waits import wait_until
 from tasks.libs.lifecycle.backup import take_backup
-from tasks.libs.lifecycle.manifest import verify_files
-from tasks.libs.lifecycle.pgtools import connect_to, table_counts
-from tasks.libs.lifecycle.runtime import installed
+from tasks.libs.lifecycle.internals.manifest import verify_files
+from tasks.libs.lifecycle.internals.pgtools import connect_to, table_counts
+from tasks.libs.lifecycle.internals.runtime import installed
 from tests.support.cli import hermetic_env, inv
 from tests.support.lifecycle import (
     OLD_REVISION,

@@ -15,7 +15,7 @@ from tasks.libs.checks.results import (
 )
 from tasks.libs.checks.runner import run_checks
 from tasks.libs.core.credentials import backend_store_uri
-from tasks.libs.server.lifecycle import start_server, stop_server
+from tasks.libs.server.control import start_server, stop_server
 from tests.support.checks import by_name
 from tests.support.settings import LiveServer, make_settings
 

@@ -11,10 +11,10 @@ import pytest
 
 from tasks.libs.core.errors import UserError
 from tasks.libs.lifecycle.backup import take_backup
-from tasks.libs.lifecycle.manifest import Manifest, verify_files
-from tasks.libs.lifecycle.pgtools import table_counts
+from tasks.libs.lifecycle.internals.manifest import Manifest, verify_files
+from tasks.libs.lifecycle.internals.pgtools import table_counts
+from tasks.libs.lifecycle.internals.scratch import deployment_checks
 from tasks.libs.lifecycle.restore import restore_backup
-from tasks.libs.lifecycle.scratch import deployment_checks
 from tasks.libs.store.inspection import integrity, integrity_problems
 from tasks.libs.store.reader import open_store
 from tests.support.clients import Clients

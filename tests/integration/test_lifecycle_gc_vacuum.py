@@ -14,7 +14,7 @@ from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.errors import UserError
 from tasks.libs.lifecycle.gc import HELPER, collect
 from tasks.libs.lifecycle.vacuum import vacuum
-from tasks.libs.server.artifact_services import ArtifactsServer
+from tasks.libs.server.sidecars import ArtifactsServer
 from tests.support.lifecycle import drop, head_store, old_store, pg_on, sqlite_in
 from tests.support.settings import make_settings, make_state_dir
 

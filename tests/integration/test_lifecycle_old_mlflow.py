@@ -15,10 +15,10 @@ import pytest
 from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.errors import UserError
 from tasks.libs.lifecycle.backup import take_backup
-from tasks.libs.lifecycle.engines import engine_for
+from tasks.libs.lifecycle.internals.engines import engine_for
+from tasks.libs.lifecycle.internals.runtime import installed, runtime_for
+from tasks.libs.lifecycle.internals.snapshot import compare, same_columns, snapshot, upgrade_tables
 from tasks.libs.lifecycle.rehearsal import rehearse
-from tasks.libs.lifecycle.runtime import installed, runtime_for
-from tasks.libs.lifecycle.snapshot import compare, same_columns, snapshot, upgrade_tables
 from tasks.libs.lifecycle.upgrade import apply_upgrade
 from tests.conftest import OLD_MLFLOW
 from tests.support.lifecycle import OLD_REVISION, counts_and_revision, drop, old_store, pg_on, sqlite_in

@@ -14,8 +14,8 @@ from tasks.libs.checks.runner import run_checks
 from tasks.libs.checks.storage import storage_arguments
 from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.processes import free_port, port_is_free
-from tasks.libs.server.artifact_services import ArtifactsServer
-from tasks.libs.server.lifecycle import ServerPaths, start_server, stop_server
+from tasks.libs.server.control import ServerPaths, start_server, stop_server
+from tasks.libs.server.sidecars import ArtifactsServer
 from tasks.libs.store.inspection import inspect_store
 from tests.support.checks import by_name
 from tests.support.cli import processes_in

@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from tasks.libs.server.auth import admin_credentials
-from tasks.libs.server.lifecycle import (
+from tasks.libs.server.control import (
     ServerPaths,
     start_server,
     stop_server,

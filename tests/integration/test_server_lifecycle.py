@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.processes import port_is_free
 from tasks.libs.core.waits import wait_until
-from tasks.libs.server.lifecycle import (
+from tasks.libs.server.control import (
     ServerPaths,
     ServerRecord,
     running_record,

@@ -14,10 +14,10 @@ from sqlalchemy.pool import NullPool
 from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.settings import Settings
 from tasks.libs.core.waits import wait_until
-from tasks.libs.lifecycle.pgtools import connect_to, create_database, drop_database, with_database
-from tasks.libs.lifecycle.schema_compare import build_reference
-from tasks.libs.lifecycle.snapshot import row_counts
-from tasks.libs.server.lifecycle import ServerPaths, ServerRecord
+from tasks.libs.lifecycle.internals.pgtools import connect_to, create_database, drop_database, with_database
+from tasks.libs.lifecycle.internals.schema_compare import build_reference
+from tasks.libs.lifecycle.internals.snapshot import row_counts
+from tasks.libs.server.control import ServerPaths, ServerRecord
 from tests.support.settings import make_settings
 
 # The revision MLflow 2.22.5 stores are at (19 tables), 39 migrations behind 3.17.2.

@@ -16,7 +16,7 @@ def main(argv: list[str]) -> None:
     step, args = argv[0], argv[argv.index("--") + 1 :]
     from invoke.main import program
 
-    from tasks.libs.lifecycle import journal
+    from tasks.libs.lifecycle.internals import journal
 
     original = journal.Journal.step
 

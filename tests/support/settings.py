@@ -12,7 +12,7 @@ from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.processes import free_port
 from tasks.libs.core.settings import Settings, load_settings
 from tasks.libs.core.state import STATE_DIR_MODE
-from tasks.libs.server.lifecycle import start_server, stop_server
+from tasks.libs.server.control import start_server, stop_server
 
 # A password with every character that breaks naive URI building.
 PG_PASSWORD = "p@ss:w#rd%/?&="

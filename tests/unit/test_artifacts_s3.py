@@ -7,7 +7,7 @@ import pytest
 from tasks.libs.artifacts.s3 import BucketView
 from tasks.libs.core.errors import ConfigError, UserError
 from tasks.libs.core.programs import require_module
-from tasks.libs.server.lifecycle import prepare_metrics_dir
+from tasks.libs.server.control import prepare_metrics_dir
 from tests.support.settings import make_settings
 
 

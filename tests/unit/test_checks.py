@@ -26,7 +26,7 @@ from tasks.libs.checks.runner import CLIENT_ENV, Check, describe_error, run_chec
 from tasks.libs.checks.storage import check_database
 from tasks.libs.checks.ui import usable_browser
 from tasks.libs.core.processes import free_port
-from tasks.libs.store.artifacts import local_artifact_path
+from tasks.libs.store.usage import local_artifact_path
 from tests.support.checks import by_name, dead_url
 
 CHROMIUM = "/usr/bin/chromium"

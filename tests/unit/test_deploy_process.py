@@ -11,7 +11,7 @@ import mlflow
 import pytest
 import yaml
 
-from tasks.libs.deploy import process, target
+from tasks.libs.deploy import facts, process
 from tasks.libs.deploy.process import SECRET_VARS, SecretRef, server_process, systemd_placement
 from tasks.libs.deploy.systemd import exec_arg, exec_words
 from tasks.libs.deploy.writer import render
@@ -108,5 +108,5 @@ def test_exporting_writes_nothing_into_the_state_dir(tmp_path):
 
 
 def test_the_pinned_mlflow_version_is_the_installed_one():
-    # Bump target.MLFLOW_VERSION with pyproject's pin (the Dockerfile installs it).
-    assert mlflow.__version__ == target.MLFLOW_VERSION
+    # Bump facts.MLFLOW_VERSION with pyproject's pin (the Dockerfile installs it).
+    assert mlflow.__version__ == facts.MLFLOW_VERSION

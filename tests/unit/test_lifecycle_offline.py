@@ -17,15 +17,22 @@ import sqlalchemy as sa
 from tasks.libs.core.durations import format_duration, parse_duration
 from tasks.libs.core.errors import ConfigError, UserError
 from tasks.libs.lifecycle import gc
-from tasks.libs.lifecycle.artifact_roots import parse_rewrite, rewrite_artifact_root
-from tasks.libs.lifecycle.journal import Journal, StepTable, interrupted, interruption_notes
-from tasks.libs.lifecycle.manifest import FORMAT, Manifest, checked, find_backups, resolve_backup, verify_files
+from tasks.libs.lifecycle.internals.journal import Journal, StepTable, interrupted, interruption_notes
+from tasks.libs.lifecycle.internals.manifest import (
+    FORMAT,
+    Manifest,
+    checked,
+    find_backups,
+    resolve_backup,
+    verify_files,
+)
+from tasks.libs.lifecycle.internals.root_rewrite import parse_rewrite, rewrite_artifact_root
+from tasks.libs.lifecycle.internals.schema_compare import diff
+from tasks.libs.lifecycle.internals.snapshot import compare, norm, snapshot
+from tasks.libs.lifecycle.internals.table_copy import _copy_text, make_plan
 from tasks.libs.lifecycle.restore import holds_data, merge_artifacts
-from tasks.libs.lifecycle.revisions import preflight
-from tasks.libs.lifecycle.schema_compare import diff
-from tasks.libs.lifecycle.snapshot import compare, norm, snapshot
-from tasks.libs.lifecycle.table_copy import _copy_text, make_plan
 from tasks.libs.store.reader import open_store
+from tasks.libs.store.revisions import preflight
 from tests.support.settings import make_settings
 
 CHAIN = ["a1", "b2", "c3", "d4"]
@@ -145,7 +152,7 @@ def _backup(root: Path, name: str, kind: str = "backup") -> Path:
     folder = root / name
     folder.mkdir(parents=True)
     (folder / "store.sqlite").write_bytes(b"SQLite format 3\x00" + b"x" * 100)
-    from tasks.libs.lifecycle.sqlite_files import sha256_file
+    from tasks.libs.lifecycle.internals.sqlite_files import sha256_file
 
     Manifest(
         FORMAT,
@@ -402,7 +409,7 @@ def test_gc_plan_matches_what_mlflow_gc_selects(tmp_path):
 
 
 def test_the_partly_migrated_reference_is_built_once_per_release_and_revision(tmp_path):
-    from tasks.libs.lifecycle.schema_compare import reference_names
+    from tasks.libs.lifecycle.internals.schema_compare import reference_names
     from tests.support.lifecycle import OLD_REVISION
 
     names = reference_names(OLD_REVISION, tmp_path)

@@ -3,7 +3,7 @@
 import pytest
 
 from tasks.libs.core.errors import ConfigError
-from tasks.libs.server.lifecycle import bind_warnings
+from tasks.libs.server.control import bind_warnings
 from tests.support.settings import make_settings
 
 

@@ -34,7 +34,7 @@ from tasks.libs.core.processes import free_port, free_ports_in_a_row, group_memb
 from tasks.libs.core.settings import Settings
 from tasks.libs.postgres.connection import recreate_database
 from tasks.libs.postgres.providers import provider_for
-from tasks.libs.server.lifecycle import running_record, start_server, stop_server
+from tasks.libs.server.control import running_record, start_server, stop_server
 
 TARGETS = ("single", "cluster")
 

@@ -20,7 +20,7 @@ import psutil
 
 from tasks.libs.core.processes import group_members
 from tasks.libs.core.waits import wait_until
-from tasks.libs.server.lifecycle import ServerPaths, ServerRecord, start_server, stop_server
+from tasks.libs.server.control import ServerPaths, ServerRecord, start_server, stop_server
 
 IDLE_SETTLE_S = 2.0  # after ready, before the idle reading: workers finish their own start-up
 IDLE_MAX_WAIT_S = 20.0

@@ -50,7 +50,7 @@ from tasks.libs.core.settings import Settings
 from tasks.libs.postgres.connection import connect, recreate_database
 from tasks.libs.postgres.providers import provider_for
 from tasks.libs.server.command import server_command, server_env
-from tasks.libs.server.lifecycle import start_server, stop_server
+from tasks.libs.server.control import start_server, stop_server
 from tasks.libs.store.reader import sqlite_journal_mode
 
 BACKENDS = ("sqlite", "postgres")

@@ -46,7 +46,7 @@ from tasks.libs.monitoring.exporter import PostgresExporter
 from tasks.libs.monitoring.prometheus import PrometheusFiles, ScrapeTargets, write_prometheus_files
 from tasks.libs.postgres.connection import check_reachable, connect
 from tasks.libs.postgres.providers import provider_for
-from tasks.libs.server.artifact_services import (
+from tasks.libs.server.sidecars import (
     artifact_services_status,
     start_artifact_services,
     stop_artifact_services,

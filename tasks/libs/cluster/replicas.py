@@ -28,7 +28,7 @@ from tasks.libs.core.settings import Settings
 from tasks.libs.core.waits import wait_ready, wait_until
 from tasks.libs.server.auth import basic_auth_header
 from tasks.libs.server.command import server_command, server_env
-from tasks.libs.server.lifecycle import ServerRecord, prepare_metrics_dir
+from tasks.libs.server.control import ServerRecord, prepare_metrics_dir
 from tasks.libs.server.probes import health, store_answers
 
 POOL_SIZE = "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"

@@ -6,8 +6,8 @@ import fnmatch
 
 from tasks.libs.core.errors import ConfigError
 from tasks.libs.core.settings import Settings
-from tasks.libs.deploy import target
-from tasks.libs.deploy.target import Database
+from tasks.libs.deploy import facts
+from tasks.libs.deploy.facts import Database
 from tasks.libs.server.command import allowed_hosts, is_loopback
 
 
@@ -24,7 +24,7 @@ def problems(settings: Settings, fmt: str) -> list[str]:
     """Every reason to refuse exporting settings as fmt, most fundamental first."""
     out: list[str] = []
     deploy = settings.deploy
-    db = target.database(settings)
+    db = facts.database(settings)
     out += _artifacts(settings)
     out += _database_reachable(db, fmt)
     if settings.backend == "sqlite" and deploy.replicas > 1:
@@ -86,7 +86,7 @@ def _helm_volume(settings: Settings) -> list[str]:
     out = []
     helm = settings.deploy.helm
     why = "backend sqlite" if settings.backend == "sqlite" else "local artifacts or a SQLite auth database"
-    if target.needs_volume(settings) and helm.persistence is False:
+    if facts.needs_volume(settings) and helm.persistence is False:
         out.append(
             f"deploy.helm.persistence is false with {why}: the files would live in the pod and vanish "
             "on restart; set deploy.helm.persistence: true (or null)"
@@ -96,7 +96,7 @@ def _helm_volume(settings: Settings) -> list[str]:
             "deploy.helm.strategy is RollingUpdate with backend sqlite: old and new pod would open the same "
             "SQLite file during a rollout; set deploy.helm.strategy: Recreate (or null)"
         )
-    if target.needs_volume(settings) and settings.deploy.replicas > 1:
+    if facts.needs_volume(settings) and settings.deploy.replicas > 1:
         out.append(
             f"deploy.replicas = {settings.deploy.replicas} with {why} on Helm: a ReadWriteOnce volume "
             "serves one pod; set artifacts.store: s3 (and auth on PostgreSQL) or deploy.replicas: 1"
@@ -123,10 +123,10 @@ def _auth_database(settings: Settings, db: Database | None) -> list[str]:
 def _connection_budget(settings: Settings) -> list[str]:
     deploy = settings.deploy
     workers = settings.server.workers
-    engines = target.engines_per_worker(settings)
-    pool, overflow = target.pool_per_engine(settings)
+    engines = facts.engines_per_worker(settings)
+    pool, overflow = facts.pool_per_engine(settings)
     need = deploy.replicas * workers * engines * (pool + overflow)
-    limit = target.max_connections(settings)
+    limit = facts.max_connections(settings)
     budget = limit - deploy.connection_reserve
     if need <= budget:
         return []
@@ -150,7 +150,7 @@ def _hosts(settings: Settings, fmt: str) -> list[str]:
         ]
     gc = settings.deploy.gc
     local = settings.server.url.removeprefix("http://")
-    if fmt == "systemd" and gc.enabled and target.gc_needs_server(settings) and not host_allowed(patterns, local):
+    if fmt == "systemd" and gc.enabled and facts.gc_needs_server(settings) and not host_allowed(patterns, local):
         return [
             f"server.allowed_hosts does not cover {local!r}, where mlflow gc on the server's host reaches it; "
             f"add {local!r} to server.allowed_hosts or set deploy.gc.enabled: false"

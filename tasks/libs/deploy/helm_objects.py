@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.libs.core.settings import Settings
-from tasks.libs.deploy import target
+from tasks.libs.deploy import facts
 from tasks.libs.deploy.image import UID
 from tasks.libs.deploy.process import CONTAINER_DATA, Process, SecretRef, container_placement, gc_process
 
@@ -86,7 +86,7 @@ def init_containers_pod(values: dict[str, Any]) -> dict[str, Any] | None:
 def gc_cronjob(settings: Settings, names: dict[str, str]) -> dict[str, Any]:
     """`mlflow gc` on deploy.gc.cron, with the chart pods' Secrets. PostgreSQL only."""
     name = settings.deploy.name
-    tracking = f"http://{name}:80" if target.gc_needs_server(settings) else None  # the chart's Service
+    tracking = f"http://{name}:80" if facts.gc_needs_server(settings) else None  # the chart's Service
     process = gc_process(settings, container_placement(bundled_database=False), tracking_uri=tracking)
     env: list[dict[str, Any]] = []
     for key, value in process.env.items():
@@ -129,7 +129,7 @@ def gc_cronjob(settings: Settings, names: dict[str, str]) -> dict[str, Any]:
 def secret_objects(settings: Settings, names: dict[str, str], values: dict[str, str]) -> list[dict[str, Any]]:
     """The Secrets values.yaml names, with their values (--write-secrets only)."""
     data: dict[str, dict[str, str]] = {}
-    db = target.database(settings)
+    db = facts.database(settings)
     if "postgres_password" in values and db is not None:
         data[names["db"]] = {"username": db.user, "password": values["postgres_password"]}
     if "admin_password" in values:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from tasks.libs.deploy.facts import MLFLOW_VERSION
 from tasks.libs.deploy.process import CONTAINER_DATA
-from tasks.libs.deploy.target import MLFLOW_VERSION
 
 # What the image adds to the official one, which holds MLflow alone: the PostgreSQL driver (the
 # store URI names psycopg2), boto3 for S3, uvicorn[standard] (httptools/uvloop: no 40 ms keep-alive

@@ -11,7 +11,7 @@ from pathlib import PurePosixPath
 
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.settings import Settings
-from tasks.libs.deploy import target
+from tasks.libs.deploy import facts
 from tasks.libs.deploy.process import (
     SECRET_VARS,
     SECRET_WHAT,
@@ -99,7 +99,7 @@ def systemd_files(settings: Settings, profile: str) -> dict[str, str]:
     secret_vars = sorted({k for p in (server, gc) if p for k, v in p.env.items() if isinstance(v, SecretRef)})
     files[f"{name}.env.example"] = env_example(settings, secret_vars)
     if settings.server.auth.enabled:
-        files["basic_auth.ini"] = target.auth_ini(settings, systemd_placement(settings))
+        files["basic_auth.ini"] = facts.auth_ini(settings, systemd_placement(settings))
     if gc is not None:
         files[f"{name}-gc.service"] = gc_unit(settings, profile, gc)
         files[f"{name}-gc.timer"] = gc_timer(settings, profile)
@@ -109,7 +109,7 @@ def systemd_files(settings: Settings, profile: str) -> dict[str, str]:
 def gc_unit_process(settings: Settings) -> Process | None:
     if not settings.deploy.gc.enabled:
         return None
-    tracking = settings.server.url if target.gc_needs_server(settings) else None
+    tracking = settings.server.url if facts.gc_needs_server(settings) else None
     return gc_process(settings, systemd_placement(settings), tracking_uri=tracking)
 
 
@@ -158,15 +158,15 @@ def pre_start(settings: Settings, server: Process) -> list[list[str]]:
         folder = server.argv[server.argv.index("--expose-prometheus") + 1]
         steps.append([python, "-c", f"import shutil; shutil.rmtree('{folder}', ignore_errors=True)"])
     steps.append([python, "-m", "mlflow", "db", "upgrade", store])
-    if target.auth_on_postgres(settings):
-        auth_uri = target.auth_database_uri(settings, systemd_placement(settings))
+    if facts.auth_on_postgres(settings):
+        auth_uri = facts.auth_database_uri(settings, systemd_placement(settings))
         steps.append([python, "-m", "mlflow.server.auth", "db", "upgrade", "--url", auth_uri])
     return steps
 
 
 def server_unit(settings: Settings, profile: str, server: Process) -> str:
     lines = [
-        *_header(settings, profile, f"MLflow {target.MLFLOW_VERSION} tracking server"),
+        *_header(settings, profile, f"MLflow {facts.MLFLOW_VERSION} tracking server"),
         "# Runs what `inv server.start` runs for the same settings. What a unit cannot do for you:",
         *[f"# - {item}" for item in LIMITS],
         "[Unit]",

@@ -13,7 +13,7 @@ from tasks.libs.artifacts.location import s3_credentials
 from tasks.libs.core.credentials import generated_secret, postgres_password
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.settings import Settings
-from tasks.libs.deploy import compose, guardrails, helm, helm_objects, systemd, target
+from tasks.libs.deploy import compose, facts, guardrails, helm, helm_objects, systemd
 from tasks.libs.deploy.process import (
     CONTAINER_PORT,
     SecretRef,
@@ -91,7 +91,7 @@ def secrets_files(settings: Settings, fmt: str) -> dict[str, str]:
         refs = {k for p in (server, gc) if p for k, v in p.env.items() if isinstance(v, SecretRef)}
         values = secret_values(settings, sorted({SecretRef(v).secret for v in refs}))
         return {f"{settings.deploy.name}.env": systemd.env_file(sorted(refs), values)}
-    db = target.database(settings)
+    db = facts.database(settings)
     server = server_process(
         settings, container_placement(bundled_database=fmt == "compose" and db is not None and db.ours)
     )

@@ -23,10 +23,17 @@ from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.durations import format_duration
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.settings import Settings
-from tasks.libs.lifecycle.journal import StepTable
-from tasks.libs.lifecycle.manifest import FORMAT, STORE_FILES, Manifest, backups_dir, find_backups, verify_files
-from tasks.libs.lifecycle.pgtools import PgClient
-from tasks.libs.lifecycle.sqlite_files import fsync_dir, online_copy, sha256_file, stamp
+from tasks.libs.lifecycle.internals.journal import StepTable
+from tasks.libs.lifecycle.internals.manifest import (
+    FORMAT,
+    STORE_FILES,
+    Manifest,
+    backups_dir,
+    find_backups,
+    verify_files,
+)
+from tasks.libs.lifecycle.internals.pgtools import PgClient
+from tasks.libs.lifecycle.internals.sqlite_files import fsync_dir, online_copy, sha256_file, stamp
 from tasks.libs.store.reader import open_store
 
 

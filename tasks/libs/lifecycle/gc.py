@@ -26,14 +26,14 @@ from tasks.libs.core.durations import parse_duration
 from tasks.libs.core.errors import ConfigError, UserError
 from tasks.libs.core.processes import free_port
 from tasks.libs.core.settings import Settings
-from tasks.libs.lifecycle.journal import Journal, StepTable
-from tasks.libs.lifecycle.runtime import installed, run_mlflow
+from tasks.libs.lifecycle.internals.journal import Journal, StepTable
+from tasks.libs.lifecycle.internals.runtime import installed, run_mlflow
 from tasks.libs.postgres.connection import check_reachable
-from tasks.libs.server.artifact_services import ArtifactsServer
 from tasks.libs.server.auth import client_env
-from tasks.libs.server.lifecycle import running_record
-from tasks.libs.store.artifacts import artifact_sizes, local_artifact_path, tree_size
+from tasks.libs.server.control import running_record
+from tasks.libs.server.sidecars import ArtifactsServer
 from tasks.libs.store.reader import StoreReader, open_store
+from tasks.libs.store.usage import artifact_sizes, local_artifact_path, tree_size
 
 HELPER = "gc-artifacts"
 

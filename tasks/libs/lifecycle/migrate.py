@@ -30,18 +30,24 @@ from tasks.libs.checks.results import Report
 from tasks.libs.core.credentials import backend_store_uri, store_uri_and_password_env
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.settings import Settings
-from tasks.libs.lifecycle.artifact_roots import artifact_roots, rewrite_artifact_root, rewritten_columns
-from tasks.libs.lifecycle.engines import engine_for
-from tasks.libs.lifecycle.journal import Journal, StepTable
-from tasks.libs.lifecycle.migrate_verify import compare_api, compare_rows
-from tasks.libs.lifecycle.pgtools import create_database, database_exists, drop_database, table_counts, with_database
-from tasks.libs.lifecycle.revisions import preflight, stored_revisions
-from tasks.libs.lifecycle.runtime import db_upgrade, installed
-from tasks.libs.lifecycle.scratch import checks_summary, deployment_checks, scratch_dir, store_settings
-from tasks.libs.lifecycle.sqlite_files import online_copy
-from tasks.libs.lifecycle.table_copy import SKIP_TABLES, Plan, copy_tables, make_plan, reset_sequences
+from tasks.libs.lifecycle.internals.engines import engine_for
+from tasks.libs.lifecycle.internals.journal import Journal, StepTable
+from tasks.libs.lifecycle.internals.migrate_verify import compare_api, compare_rows
+from tasks.libs.lifecycle.internals.pgtools import (
+    create_database,
+    database_exists,
+    drop_database,
+    table_counts,
+    with_database,
+)
+from tasks.libs.lifecycle.internals.root_rewrite import artifact_roots, rewrite_artifact_root, rewritten_columns
+from tasks.libs.lifecycle.internals.runtime import db_upgrade, installed
+from tasks.libs.lifecycle.internals.scratch import checks_summary, deployment_checks, scratch_dir, store_settings
+from tasks.libs.lifecycle.internals.sqlite_files import online_copy
+from tasks.libs.lifecycle.internals.table_copy import SKIP_TABLES, Plan, copy_tables, make_plan, reset_sequences
 from tasks.libs.postgres.connection import check_reachable, ensure_database
-from tasks.libs.server.lifecycle import running_record
+from tasks.libs.server.control import running_record
+from tasks.libs.store.revisions import preflight, stored_revisions
 
 # What `mlflow db upgrade` of an empty database inserts (workspaces 'default'), and what a
 # server's first start adds (the Default experiment 0): a target holding only these is empty.

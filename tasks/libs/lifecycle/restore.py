@@ -25,12 +25,12 @@ from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.settings import Settings
 from tasks.libs.lifecycle.backup import BackupResult, auth_db_path, store_facts, take_backup
-from tasks.libs.lifecycle.journal import Journal, StepTable
-from tasks.libs.lifecycle.manifest import STORE_FILES, Manifest, checked
-from tasks.libs.lifecycle.pgtools import PgClient, schema_functions, table_counts
-from tasks.libs.lifecycle.sqlite_files import copy_file_synced, stamp, swap_in
+from tasks.libs.lifecycle.internals.journal import Journal, StepTable
+from tasks.libs.lifecycle.internals.manifest import STORE_FILES, Manifest, checked
+from tasks.libs.lifecycle.internals.pgtools import PgClient, schema_functions, table_counts
+from tasks.libs.lifecycle.internals.sqlite_files import copy_file_synced, stamp, swap_in
 from tasks.libs.postgres.connection import ensure_database
-from tasks.libs.server.lifecycle import running_record
+from tasks.libs.server.control import running_record
 
 # What a store that holds nothing yet has (a fresh `mlflow db upgrade`, or a server's first start).
 SEED_ROWS = {"alembic_version": 1, "workspaces": 1, "experiments": 1}

@@ -26,16 +26,16 @@ from tasks.libs.core.durations import format_duration, parse_duration
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.settings import Settings
 from tasks.libs.lifecycle.backup import auth_db_path, sqlite_revision
-from tasks.libs.lifecycle.engines import engine_for
-from tasks.libs.lifecycle.journal import Journal, StepTable, journal_dir
-from tasks.libs.lifecycle.manifest import Manifest, checked, latest_backup
+from tasks.libs.lifecycle.internals.engines import engine_for
+from tasks.libs.lifecycle.internals.journal import Journal, StepTable, journal_dir
+from tasks.libs.lifecycle.internals.manifest import Manifest, checked, latest_backup
+from tasks.libs.lifecycle.internals.runtime import Runtime, auth_db_upgrade, db_upgrade, installed
+from tasks.libs.lifecycle.internals.schema_compare import partly_migrated
+from tasks.libs.lifecycle.internals.snapshot import CORE_TABLES, row_counts
+from tasks.libs.lifecycle.internals.sqlite_files import integrity_check, online_copy, stamp, swap_in
 from tasks.libs.lifecycle.restore import refuse_while_served
-from tasks.libs.lifecycle.revisions import AUTH_VERSION_TABLE, Preflight, preflight, stored_revisions
-from tasks.libs.lifecycle.runtime import Runtime, auth_db_upgrade, db_upgrade, installed
-from tasks.libs.lifecycle.schema_compare import partly_migrated
-from tasks.libs.lifecycle.snapshot import CORE_TABLES, row_counts
-from tasks.libs.lifecycle.sqlite_files import integrity_check, online_copy, stamp, swap_in
 from tasks.libs.store.reader import open_store
+from tasks.libs.store.revisions import AUTH_VERSION_TABLE, Preflight, preflight, stored_revisions
 
 
 @dataclass

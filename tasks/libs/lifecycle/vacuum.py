@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.settings import Settings
-from tasks.libs.lifecycle.journal import StepTable
-from tasks.libs.lifecycle.pgtools import connect_to
-from tasks.libs.lifecycle.sqlite_files import checkpoint, file_sizes, integrity_check
-from tasks.libs.server.lifecycle import running_record
+from tasks.libs.lifecycle.internals.journal import StepTable
+from tasks.libs.lifecycle.internals.pgtools import connect_to
+from tasks.libs.lifecycle.internals.sqlite_files import checkpoint, file_sizes, integrity_check
+from tasks.libs.server.control import running_record
 
 TABLE_SIZES = (
     "SELECT c.relname, pg_total_relation_size(c.oid), pg_relation_size(c.oid), pg_indexes_size(c.oid), "

@@ -46,7 +46,7 @@ from tasks.libs.postgres.providers import Provider, provider_for
 from tasks.libs.security.suite import run_security, verdict
 from tasks.libs.security.target import target_from_settings
 from tasks.libs.server.auth import client_env
-from tasks.libs.server.lifecycle import start_server, stop_server
+from tasks.libs.server.control import start_server, stop_server
 from tasks.libs.store.inspection import inspect_store, integrity_problems, section_errors
 
 BACKENDS = ("postgres", "sqlite")

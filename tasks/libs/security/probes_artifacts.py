@@ -19,7 +19,7 @@ from urllib.parse import quote, unquote, urlsplit
 from tasks.libs.checks.results import CheckFailed, CheckSkipped
 from tasks.libs.security.http import Answer
 from tasks.libs.security.target import Session, Target, probe_name
-from tasks.libs.store.artifacts import local_artifact_path
+from tasks.libs.store.usage import local_artifact_path
 
 PROXIED = "/api/2.0/mlflow-artifacts/artifacts"
 INVALID_HOST = "Invalid Host header"

@@ -27,7 +27,7 @@ from tasks.libs.core.redact import redact
 from tasks.libs.core.settings import PROJECT_ROOT, Settings
 from tasks.libs.security.http import Answer, raw_request
 from tasks.libs.server.command import allowed_hosts
-from tasks.libs.server.lifecycle import ServerPaths, running_record
+from tasks.libs.server.control import ServerPaths, running_record
 
 KNOWN_FIXED = PROJECT_ROOT / "data" / "security" / "mlflow_known_fixed.yaml"
 NAME_PREFIX = "mlflow-ops-sec"

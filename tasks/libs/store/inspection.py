@@ -14,7 +14,6 @@ from typing import Any
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from tasks.libs.artifacts.s3 import BucketView
-from tasks.libs.store.artifacts import artifact_sizes, bucket_sizes
 from tasks.libs.store.reader import (
     ForeignKey,
     StoreReader,
@@ -23,6 +22,8 @@ from tasks.libs.store.reader import (
     open_store,
     sqlite_journal_mode,
 )
+from tasks.libs.store.revisions import is_known, tracking_scripts
+from tasks.libs.store.usage import artifact_sizes, bucket_sizes
 
 SECTIONS = ("tables", "schema", "integrity", "runs", "metrics", "registry", "sizes")
 RUN_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
@@ -121,8 +122,6 @@ def schema_revision(store: StoreReader) -> dict[str, Any]:
     """The store's alembic revision against the head of the installed MLflow's migrations."""
     import mlflow
     from alembic.util.exc import CommandError
-
-    from tasks.libs.lifecycle.revisions import is_known, tracking_scripts
 
     scripts = tracking_scripts()
     head = scripts.get_current_head()

@@ -25,14 +25,14 @@ from tasks.libs.core.settings import Settings
 from tasks.libs.core.state import ensure_state_dir
 from tasks.libs.core.waits import wait_ready, wait_until
 from tasks.libs.postgres.connection import check_reachable
-from tasks.libs.server.artifact_services import (
+from tasks.libs.server.auth import basic_auth_header
+from tasks.libs.server.command import is_loopback, metrics_dir, server_command, server_env
+from tasks.libs.server.probes import health, store_answers
+from tasks.libs.server.sidecars import (
     artifact_services_status,
     start_artifact_services,
     stop_artifact_services,
 )
-from tasks.libs.server.auth import basic_auth_header
-from tasks.libs.server.command import is_loopback, metrics_dir, server_command, server_env
-from tasks.libs.server.probes import health, store_answers
 
 
 @dataclass

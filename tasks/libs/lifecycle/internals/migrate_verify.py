@@ -16,8 +16,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tasks.libs.lifecycle.engines import engine_for
-from tasks.libs.lifecycle.snapshot import compare, json_null_counts, snapshot
+from tasks.libs.lifecycle.internals.engines import engine_for
+from tasks.libs.lifecycle.internals.snapshot import compare, json_null_counts, snapshot
 
 
 def compare_rows(source_uri: str, target_uri: str, *, skip_columns: dict[str, set[str]]) -> tuple[list[str], int]:

@@ -24,8 +24,8 @@ from tasks.libs.core.errors import UserError
 from tasks.libs.core.processes import tail
 from tasks.libs.core.redact import redact
 from tasks.libs.core.settings import Settings
-from tasks.libs.lifecycle.journal import journal_dir
-from tasks.libs.lifecycle.sqlite_files import stamp
+from tasks.libs.lifecycle.internals.journal import journal_dir
+from tasks.libs.lifecycle.internals.sqlite_files import stamp
 
 VERSION = re.compile(r"^\d+\.\d+(\.\d+)?((a|b|rc)\d+)?$")
 READY = ".mlflow-ops-ready"
@@ -74,7 +74,7 @@ class Runtime:
 def installed() -> Runtime:
     import mlflow
 
-    from tasks.libs.lifecycle.revisions import auth_scripts, chain, tracking_scripts
+    from tasks.libs.store.revisions import auth_scripts, chain, tracking_scripts
 
     return Runtime(sys.executable, mlflow.__version__, chain(tracking_scripts()), chain(auth_scripts()))
 

@@ -19,9 +19,9 @@ from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.processes import free_port
 from tasks.libs.core.settings import Settings
-from tasks.libs.lifecycle.journal import journal_dir
-from tasks.libs.lifecycle.pgtools import pinned_password, with_database
-from tasks.libs.server.lifecycle import start_server, stop_server
+from tasks.libs.lifecycle.internals.journal import journal_dir
+from tasks.libs.lifecycle.internals.pgtools import pinned_password, with_database
+from tasks.libs.server.control import start_server, stop_server
 
 
 def scratch_dir(settings: Settings, name: str) -> Path:

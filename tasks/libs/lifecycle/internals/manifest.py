@@ -23,7 +23,7 @@ from typing import Any
 
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.settings import Settings
-from tasks.libs.lifecycle.sqlite_files import fsync_file, sha256_file
+from tasks.libs.lifecycle.internals.sqlite_files import fsync_file, sha256_file
 
 FORMAT = 1
 NAME = re.compile(r"^\d{8}T\d{12}Z-(sqlite|postgres)$")

@@ -26,7 +26,10 @@ RULES_TEST = "tests/support/rules_test.yml"
 def files(tmp_path):
     monitoring = make_settings(tmp_path).monitoring
     targets = ScrapeTargets(
-        ["127.0.0.1:3121", "127.0.0.1:3122"], haproxy="127.0.0.1:3129", postgres_exporter="127.0.0.1:3128"
+        ["127.0.0.1:3121", "127.0.0.1:3122"],
+        haproxy="127.0.0.1:3129",
+        haproxy_backend="replicas",
+        postgres_exporter="127.0.0.1:3128",
     )
     return write_prometheus_files(tmp_path / "monitoring", targets, monitoring, postgres=True)
 

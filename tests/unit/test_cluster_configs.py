@@ -40,10 +40,12 @@ def test_pgbouncer_pool_comes_from_the_budget_and_clients_always_fit(tmp_path):
 
 def test_alert_rules_cover_down_errors_latency_and_connections(tmp_path):
     monitoring = make_settings(tmp_path).monitoring
-    names = [r["alert"] for r in alert_rules(monitoring, haproxy=True, postgres=True)["groups"][0]["rules"]]
+    names = [
+        r["alert"] for r in alert_rules(monitoring, haproxy_backend="replicas", postgres=True)["groups"][0]["rules"]
+    ]
     for expected in ("MlflowServerDown", "MlflowHigh5xxRate", "MlflowHighP95Latency", "PostgresConnectionsNearLimit"):
         assert expected in names
-    single = [r["alert"] for r in alert_rules(monitoring, haproxy=False, postgres=False)["groups"][0]["rules"]]
+    single = [r["alert"] for r in alert_rules(monitoring, haproxy_backend=None, postgres=False)["groups"][0]["rules"]]
     assert not any(name.startswith(("Haproxy", "Postgres")) for name in single)
     config = scrape_config(ScrapeTargets(["127.0.0.1:3121", "127.0.0.1:3122"], haproxy="127.0.0.1:3129"), monitoring)
     jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.libs.cluster.haproxy import Haproxy
+from tasks.libs.cluster.haproxy import BACKEND, Haproxy
 from tasks.libs.cluster.pgbouncer import PgBouncer, connection_budget, server_limits
 from tasks.libs.cluster.plan import (
     ReplicaPlan,
@@ -107,6 +107,7 @@ def cluster_up(settings: Settings, *, say: Say = print) -> UpResult:
     targets = ScrapeTargets(
         mlflow=[f"{p.host}:{p.port}" for p in plans],
         haproxy=f"127.0.0.1:{cfg.lb.stats_port}",
+        haproxy_backend=BACKEND,
         postgres_exporter=exporter_target,
     )
     files = write_prometheus_files(

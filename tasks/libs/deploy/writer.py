@@ -55,7 +55,7 @@ def monitoring_files(settings: Settings, fmt: str) -> dict[str, str]:
     }[fmt]
     targets = ScrapeTargets(mlflow=[target], labels={"deployment": settings.deploy.name})
     exporter = settings.monitoring.postgres_exporter.enabled
-    rules = alert_rules(settings.monitoring, haproxy=False, postgres=exporter)
+    rules = alert_rules(settings.monitoring, haproxy_backend=None, postgres=exporter)
     return {CONFIG_FILE: dump(scrape_config(targets, settings.monitoring)), RULES_FILE: dump(rules)}
 
 

@@ -24,7 +24,6 @@ from typing import Any
 
 import yaml
 
-from tasks.libs.cluster.haproxy import BACKEND
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.programs import find_program
 from tasks.libs.core.settings import MonitoringSettings
@@ -39,6 +38,7 @@ class ScrapeTargets:
 
     mlflow: list[str]  # every server or replica itself
     haproxy: str | None = None  # the stats frontend (its /metrics is HAProxy's exporter)
+    haproxy_backend: str = ""  # the HAProxy backend whose servers are the replicas (the alerts name it)
     postgres_exporter: str | None = None
     labels: dict[str, str] = field(default_factory=lambda: {"deployment": "mlflow-ops"})
 
@@ -68,7 +68,7 @@ def scrape_config(targets: ScrapeTargets, monitoring: MonitoringSettings) -> dic
     }
 
 
-def alert_rules(monitoring: MonitoringSettings, *, haproxy: bool, postgres: bool) -> dict[str, Any]:
+def alert_rules(monitoring: MonitoringSettings, *, haproxy_backend: str | None, postgres: bool) -> dict[str, Any]:
     """Server down, 5xx rate, p95 latency; replicas down in HAProxy; PostgreSQL connections near
     the limit and standby lag (those need postgres_exporter's series)."""
     t, down = monitoring.thresholds, monitoring.down_for
@@ -98,18 +98,18 @@ def alert_rules(monitoring: MonitoringSettings, *, haproxy: bool, postgres: bool
             "p95 latency on {{ $labels.instance }} is {{ $value | humanizeDuration }}",
         ),
     ]
-    if haproxy:
+    if haproxy_backend:
         rules += [
             _alert(
                 "HaproxyReplicaDown",
-                f'haproxy_server_status{{proxy="{BACKEND}",state="UP"}} == 0',
+                f'haproxy_server_status{{proxy="{haproxy_backend}",state="UP"}} == 0',
                 down,
                 "warning",
                 "HAProxy sees replica {{ $labels.server }} as not UP",
             ),
             _alert(
                 "HaproxyNoReplica",
-                f'haproxy_backend_active_servers{{proxy="{BACKEND}"}} == 0',
+                f'haproxy_backend_active_servers{{proxy="{haproxy_backend}"}} == 0',
                 down,
                 "critical",
                 "HAProxy has no live MLflow replica",
@@ -158,7 +158,10 @@ def write_prometheus_files(
     rules = out_dir / RULES_FILE
     config = out_dir / CONFIG_FILE
     rules.write_text(
-        yaml.safe_dump(alert_rules(monitoring, haproxy=bool(targets.haproxy), postgres=postgres), sort_keys=False)
+        yaml.safe_dump(
+            alert_rules(monitoring, haproxy_backend=targets.haproxy and targets.haproxy_backend, postgres=postgres),
+            sort_keys=False,
+        )
     )
     config.write_text(yaml.safe_dump(scrape_config(targets, monitoring), sort_keys=False))
     checked = promtool_check(config, rules) if check else ["not checked"]

@@ -5,7 +5,6 @@ from pathlib import Path
 
 from invoke import task
 from invoke.exceptions import Exit
-from tabulate import tabulate
 
 from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 from tasks.libs.bench import report as bench_report
@@ -13,6 +12,7 @@ from tasks.libs.bench.cluster import cluster_table, run_cluster_bench, write_clu
 from tasks.libs.bench.runner import BACKENDS, run_bench, stderr_progress
 from tasks.libs.bench.workload import load_spec
 from tasks.libs.core.errors import UserError
+from tasks.libs.reporting.formats import table
 
 RUN_HELP = {
     "backends": "comma-separated backends to bench (default sqlite,postgres)",
@@ -84,7 +84,7 @@ def compare(c, a=None, b=None):
         raise Exit("error: the two results share no (backend, set-up, clients, op) cell", code=1)
     print(f"A: {a} ({first['meta']['preset']}, {first['meta']['started_at']})")
     print(f"B: {b} ({second['meta']['preset']}, {second['meta']['started_at']})")
-    print(tabulate(rows, headers=bench_report.COMPARE_HEADERS, disable_numparse=True))
+    print(table(rows, bench_report.COMPARE_HEADERS))
     footprint = bench_report.compare_footprint(first, second)
     if footprint:
-        print("\n" + tabulate(footprint, headers=bench_report.COMPARE_FOOTPRINT_HEADERS, disable_numparse=True))
+        print("\n" + table(footprint, bench_report.COMPARE_FOOTPRINT_HEADERS))

@@ -2,10 +2,10 @@
 
 from invoke import task
 from invoke.exceptions import Exit
-from tabulate import tabulate
 
 from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 from tasks.libs.cluster.orchestrate import cluster_down, cluster_status, cluster_up
+from tasks.libs.reporting.formats import table
 
 COMMON = {"profile": PROFILE_HELP, "config": CONFIG_HELP}
 
@@ -54,9 +54,10 @@ def status(c, profile=None, config=None):
     with user_errors():
         state = cluster_status(_settings(profile, config))
     if state["replicas"]:
-        print(tabulate(state["replicas"], headers="keys"))
+        replicas = state["replicas"]
+        print(table([list(r.values()) for r in replicas], list(replicas[0])))
         print()
-    print(tabulate(list(state["info"].items()), tablefmt="plain"))
+    print(table(state["info"].items(), plain=True))
     if not state["running"]:
         raise Exit("the cluster is not running: `inv cluster.up`", code=3)
     if state["degraded"]:

@@ -1,17 +1,17 @@
 """`config` collection: see the merged configuration and where each value came from."""
 
 from invoke import task
-from tabulate import tabulate
 
 from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from
 from tasks.libs.core.settings import as_rows
+from tasks.libs.reporting.formats import table
 
 
 @task(help={"profile": PROFILE_HELP, "config": CONFIG_HELP, "backend": "sqlite or postgres"})
 def show(c, profile=None, config=None, backend=None):
     """Print the merged configuration, each value's source, secrets masked."""
     loaded = settings_from(profile, config, backend=backend)
-    print(tabulate(as_rows(loaded), headers=["setting", "value", "from"]))
+    print(table(as_rows(loaded), ["setting", "value", "from"]))
     print("\nlayers: " + " < ".join(loaded.layers))
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from invoke import task
 from invoke.exceptions import Exit
 from psycopg2.extensions import parse_dsn
-from tabulate import tabulate
 
 from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 from tasks.libs.cluster.standby import Standby, with_standby
@@ -29,6 +28,7 @@ from tasks.libs.lifecycle.vacuum import TABLE_HEADERS as VACUUM_TABLE_HEADERS
 from tasks.libs.lifecycle.vacuum import vacuum as vacuum_store
 from tasks.libs.postgres.connection import recreate_database
 from tasks.libs.postgres.providers import provider_for, remember_provider
+from tasks.libs.reporting.formats import human_bytes, table
 from tasks.libs.server.command import is_loopback
 from tasks.libs.server.control import running_record
 from tasks.libs.store.reader import open_store
@@ -74,7 +74,7 @@ def status(c, profile=None, config=None, provider=None):
         state = db.status()
         if db.name == "local":
             state = with_standby(settings, state)  # the read replica and its replay lag
-    print(tabulate(sorted(state.items()), tablefmt="plain"))
+    print(table(sorted(state.items()), plain=True))
     if not state.get("running"):
         raise Exit(code=3)
 
@@ -162,7 +162,7 @@ def backup(c, backend=None, profile=None, config=None):
     print(result.steps.render())
     print(
         f"backup {result.folder}: revision {m.alembic_revision}, {m.total_rows} rows in {len(m.row_counts)} tables, "
-        f"{sum(m.sizes.values()) / 1e6:.1f} MB, artifacts {m.artifacts['mode']}"
+        f"{human_bytes(sum(m.sizes.values()))}, artifacts {m.artifacts['mode']}"
     )
     for old in result.pruned:
         print(f"removed old backup {old.name} (lifecycle.keep_backups)")
@@ -183,7 +183,7 @@ def restore(c, backup=None, backend=None, force=False, list=False, profile=None,
         if list:
             rows = backup_rows(settings, settings.backend)
             print(
-                tabulate(rows, headers=BACKUP_LIST_HEADERS)
+                table(rows, BACKUP_LIST_HEADERS)
                 if rows
                 else f"no {settings.backend} backups in {backups_dir(settings)}"
             )
@@ -332,10 +332,7 @@ def gc(c, backend=None, older_than=None, dry_run=False, apply=False, profile=Non
     shown = result.items if dry_run else result.removed
     if shown:
         print(
-            tabulate(
-                [[i.kind, i.id, i.name, i.files, i.bytes] for i in shown],
-                headers=["kind", "id", "name", "files", "bytes"],
-            )
+            table([[i.kind, i.id, i.name, i.files, i.bytes] for i in shown], ["kind", "id", "name", "files", "bytes"])
         )
     print(result.steps.render())
     print(
@@ -344,12 +341,12 @@ def gc(c, backend=None, older_than=None, dry_run=False, apply=False, profile=Non
     if result.orphans:
         gone = {o["path"] for o in result.orphans_removed}
         print(
-            tabulate(
+            table(
                 [
                     [o["path"], o["kind"], o["files"], o["bytes"], "removed" if o["path"] in gone else "kept"]
                     for o in result.orphans
                 ],
-                headers=["orphan folder", "why", "files", "bytes", ""],
+                ["orphan folder", "why", "files", "bytes", ""],
             )
         )
         if result.orphans_note:
@@ -367,9 +364,9 @@ def vacuum(c, backend=None, full=False, profile=None, config=None):
         settings = _store_settings(profile, config, backend)
         result = vacuum_store(settings, full=full, say=print)
     if result.tables:
-        print(tabulate(result.tables, headers=VACUUM_TABLE_HEADERS))
+        print(table(result.tables, VACUUM_TABLE_HEADERS))
     print(result.steps.render())
     rows = [
         [k, result.before.get(k, 0), result.after.get(k, 0)] for k in dict.fromkeys([*result.before, *result.after])
     ]
-    print(tabulate(rows, headers=["bytes", "before", "after"]))
+    print(table(rows, ["bytes", "before", "after"]))

@@ -1,9 +1,7 @@
 """`full-check`: the pipeline CI runs: PostgreSQL, then per backend the server, the workload,
 the deployment checks, the inspection and the security probes."""
 
-import datetime as dt
 import signal
-from pathlib import Path
 
 from invoke import task
 from invoke.exceptions import Exit
@@ -15,6 +13,7 @@ from tasks.libs.pipeline.full_check import (
     stage_table,
     workload_table,
 )
+from tasks.libs.reporting.writers import report_dir_for
 
 
 @task(
@@ -35,9 +34,7 @@ def full_check(c, backend=None, keep=False, report_dir=None, preset=None, cluste
         # Each backend's own layered settings: what `inv server.start --backend X` would run.
         per_backend = {name: settings_from(profile, config, backend=name).settings for name in backends}
         on_cluster = settings_from(profile, config, backend="postgres").settings if cluster else None
-    first = next(iter(per_backend.values()))
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(report_dir) if report_dir else first.state_path / "reports" / f"full-check-{stamp}"
+        out = report_dir_for(next(iter(per_backend.values())), "full-check", report_dir)
     # SIGTERM (a CI runner giving up) takes the same clean-up path as Ctrl-C.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     report = run_full_check(per_backend, keep=keep, report_dir=out, preset=preset or "quick", cluster=on_cluster)

@@ -2,10 +2,10 @@
 
 from invoke import task
 from invoke.exceptions import Exit
-from tabulate import tabulate
 
 from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 from tasks.libs.monitoring.metrics import fetch_metrics, figures_table, request_figures
+from tasks.libs.reporting.formats import table
 from tasks.libs.server.control import (
     log_tail,
     server_status,
@@ -67,7 +67,7 @@ def status(c, profile=None, config=None):
     """Show pid, uptime, backend, URL and health; exit 3 when the server is not running."""
     with user_errors():
         state = server_status(_settings(profile, config))
-    print(tabulate(list(state.items()), tablefmt="plain"))
+    print(table(state.items(), plain=True))
     if not state["running"]:
         raise Exit(code=3)
 
@@ -96,4 +96,4 @@ def metrics(c, url=None, profile=None, config=None):
         return
     rows, headers = figures_table(figures)
     print(f"{target}/metrics, since the server started (summed over its workers):")
-    print(tabulate(rows, headers=headers, disable_numparse=True))
+    print(table(rows, headers))

@@ -3,7 +3,6 @@ project's own pytest suite."""
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import shlex
 import sys
@@ -13,14 +12,13 @@ from invoke import task
 from invoke.exceptions import Exit
 
 from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
-from tasks.libs.checks.reports import format_table, write_reports
 from tasks.libs.checks.runner import DEFAULT_BROWSER, run_checks
 from tasks.libs.checks.storage import storage_arguments
 from tasks.libs.cluster.plan import lb_url
 from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.errors import ConfigError
 from tasks.libs.core.settings import Settings
-from tasks.libs.core.state import ensure_state_dir
+from tasks.libs.reporting.writers import format_table, report_dir_for, write_reports
 from tasks.libs.security.suite import run_security
 from tasks.libs.security.target import target_from_settings
 from tasks.libs.server.auth import client_env
@@ -109,15 +107,8 @@ def security(c, url=None, allow_writes=False, report_dir=None, profile=None, con
 
 
 def _report_dir(report_dir: str | None, settings: Settings, prefix: str) -> Path:
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_dir = Path(report_dir) if report_dir else settings.state_path / "reports" / f"{prefix}-{stamp}"
-    try:
-        if not report_dir:
-            ensure_state_dir(settings)  # not made by mkdir(parents=True) with the default mode
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise Exit(f"error: cannot create report directory {out_dir}: {exc.strerror}", code=1) from None
-    return out_dir
+    with user_errors():
+        return report_dir_for(settings, prefix, report_dir)
 
 
 @task(help=PYTEST_HELP)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from tasks.libs.checks.results import PASS, SKIPPED
 from tasks.libs.checks.runner import run_checks
 from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.errors import UserError
@@ -23,6 +22,7 @@ from tasks.libs.core.waits import wait_ready
 from tasks.libs.deploy.systemd import exec_words
 from tasks.libs.deploy.writer import export
 from tasks.libs.postgres.connection import recreate_database
+from tasks.libs.reporting.records import PASS, SKIPPED
 from tasks.libs.server.command import server_command
 from tasks.libs.server.probes import health, store_answers
 from tests.support.deploy import env_file_values, unit_entries, unit_environment

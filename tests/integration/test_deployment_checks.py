@@ -6,15 +6,15 @@ import os
 
 import pytest
 
-from tasks.libs.checks.reports import to_markdown
-from tasks.libs.checks.results import (
+from tasks.libs.checks.runner import run_checks
+from tasks.libs.core.credentials import backend_store_uri
+from tasks.libs.reporting.records import (
     FAIL,
     PASS,
     SKIPPED,
     CheckFailed,
 )
-from tasks.libs.checks.runner import run_checks
-from tasks.libs.core.credentials import backend_store_uri
+from tasks.libs.reporting.writers import to_markdown
 from tasks.libs.server.control import start_server, stop_server
 from tests.support.checks import by_name
 from tests.support.settings import LiveServer, make_settings

@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tasks.libs.artifacts.s3 import BucketView, EmbeddedS3, where_artifacts_are
-from tasks.libs.checks.results import FAIL, PASS, SKIPPED
 from tasks.libs.checks.runner import run_checks
 from tasks.libs.checks.storage import storage_arguments
 from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.processes import free_port, port_is_free
+from tasks.libs.reporting.records import FAIL, PASS, SKIPPED
 from tasks.libs.server.control import ServerPaths, start_server, stop_server
 from tasks.libs.server.sidecars import ArtifactsServer
 from tasks.libs.store.inspection import inspect_store

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.libs.checks.results import FAIL, PASS, SKIPPED, CheckResult
 from tasks.libs.core.errors import UserError
 from tasks.libs.pipeline.full_check import _security
 from tasks.libs.postgres.local import LocalPostgres
+from tasks.libs.reporting.records import FAIL, PASS, SKIPPED, CheckResult
 from tasks.libs.security.http import raw_request
 from tasks.libs.security.suite import all_probes, run_security
 from tasks.libs.security.target import Target, basic, target_from_settings

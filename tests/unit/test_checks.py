@@ -13,8 +13,11 @@ import pytest
 from invoke import Context
 from invoke.exceptions import Exit
 
-from tasks.libs.checks.reports import format_table, write_reports
-from tasks.libs.checks.results import (
+from tasks.libs.checks.runner import CLIENT_ENV, Check, describe_error, run_checks
+from tasks.libs.checks.storage import check_database
+from tasks.libs.checks.ui import usable_browser
+from tasks.libs.core.processes import free_port
+from tasks.libs.reporting.records import (
     FAIL,
     PASS,
     SKIPPED,
@@ -22,10 +25,7 @@ from tasks.libs.checks.results import (
     CheckSkipped,
     Latency,
 )
-from tasks.libs.checks.runner import CLIENT_ENV, Check, describe_error, run_checks
-from tasks.libs.checks.storage import check_database
-from tasks.libs.checks.ui import usable_browser
-from tasks.libs.core.processes import free_port
+from tasks.libs.reporting.writers import format_table, write_reports
 from tasks.libs.store.usage import local_artifact_path
 from tests.support.checks import by_name, dead_url
 

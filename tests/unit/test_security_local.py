@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.libs.checks.reports import format_table, write_reports
-from tasks.libs.checks.results import FAIL, SKIPPED
 from tasks.libs.core.errors import UserError
+from tasks.libs.reporting.records import FAIL, SKIPPED
+from tasks.libs.reporting.writers import format_table, write_reports
 from tasks.libs.security.probes_artifacts import escaping_symlinks
 from tasks.libs.security.probes_exposure import as_config_says, exposed_to_others, parse_hba, secret_forms
 from tasks.libs.security.suite import run_security

@@ -22,9 +22,8 @@ from typing import Any
 
 import psutil
 from pydantic import SecretStr
-from tabulate import tabulate
 
-from tasks.libs.bench.stats import cell_stats, fmt, ratio
+from tasks.libs.bench.stats import cell_stats, ratio
 from tasks.libs.bench.workload import OPS, ClientPool, WorkloadSpec, prepare_experiments, run_workload
 from tasks.libs.cluster.haproxy import Haproxy
 from tasks.libs.cluster.orchestrate import cluster_down, cluster_up
@@ -34,6 +33,7 @@ from tasks.libs.core.processes import free_port, free_ports_in_a_row, group_memb
 from tasks.libs.core.settings import Settings
 from tasks.libs.postgres.connection import recreate_database
 from tasks.libs.postgres.providers import provider_for
+from tasks.libs.reporting.formats import number, table
 from tasks.libs.server.control import running_record, start_server, stop_server
 
 TARGETS = ("single", "cluster")
@@ -167,8 +167,8 @@ def cluster_table(doc: dict[str, Any]) -> str:
     """The terminal table: each op and client count, single server beside the cluster."""
     rows = [
         [r["clients"], r["op"],
-         fmt(r["single"]["p50_ms"]), fmt(r["single"]["p95_ms"]), fmt(r["single"]["throughput"]), r["single"]["errors"],
-         fmt(r["cluster"]["p50_ms"]), fmt(r["cluster"]["p95_ms"]), fmt(r["cluster"]["throughput"]), r["cluster"]["errors"],
+         number(r["single"]["p50_ms"]), number(r["single"]["p95_ms"]), number(r["single"]["throughput"]), r["single"]["errors"],
+         number(r["cluster"]["p50_ms"]), number(r["cluster"]["p95_ms"]), number(r["cluster"]["throughput"]), r["cluster"]["errors"],
          f"{r['throughput_ratio']:.2f}x"]
         for r in doc["rows"]
     ]  # fmt: skip
@@ -181,7 +181,7 @@ def cluster_table(doc: dict[str, Any]) -> str:
         f"({doc['memory_mb'].get('cluster', '?')} MB); {meta['cpus']} CPUs, load {meta['load_average']}; "
         f"preset {meta['preset']}, {meta['duration_s']} s"
     )
-    return head + "\n" + tabulate(rows, headers=headers, disable_numparse=True)
+    return head + "\n" + table(rows, headers)
 
 
 def write_cluster_outputs(doc: dict[str, Any], folder: Path) -> Path:

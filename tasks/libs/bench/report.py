@@ -13,12 +13,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tabulate import tabulate
-
 from tasks.libs.bench.chart import write_chart
-from tasks.libs.bench.stats import cells_by_key, fmt, ratio
+from tasks.libs.bench.stats import cells_by_key, ratio
 from tasks.libs.bench.workload import OPS
 from tasks.libs.core.settings import PROJECT_ROOT
+from tasks.libs.reporting.formats import json_safe, megabytes, new_report_dir, number, percent, table
 
 RESULTS_ROOT = PROJECT_ROOT / "benchmarks" / "results"
 CSV_FIELDS = (
@@ -50,11 +49,11 @@ def timing_rows(doc: dict) -> list[list[str]]:
         for cell in (tuned, stock):
             row += (
                 [
-                    fmt(cell["p50_ms"]),
-                    fmt(cell["p95_ms"]),
-                    fmt(cell["p99_ms"]),
-                    fmt(cell["throughput"]),
-                    _percent(cell.get("cpu_busy")),
+                    number(cell["p50_ms"]),
+                    number(cell["p95_ms"]),
+                    number(cell["p99_ms"]),
+                    number(cell["throughput"]),
+                    percent(cell.get("cpu_busy")),
                     cell["errors"],
                 ]
                 if cell
@@ -106,11 +105,11 @@ def footprint_rows(doc: dict) -> list[list[str]]:
             [
                 f["backend"],
                 f["setup"],
-                fmt(f["ready_median_s"], 1),
-                " ".join(fmt(s, 1) for s in f["ready_s"]),
-                _mb(f["idle_rss_median"]),
-                _mb(f["idle_pss_median"]),
-                _mb(f["peak_rss"]),
+                number(f["ready_median_s"], 1),
+                " ".join(number(s, 1) for s in f["ready_s"]),
+                megabytes(f["idle_rss_median"]),
+                megabytes(f["idle_pss_median"]),
+                megabytes(f["peak_rss"]),
             ]
         )
     return rows
@@ -127,16 +126,8 @@ FOOTPRINT_HEADERS = [
 ]
 
 
-def _mb(value) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value / 2**20:,.0f}"
-
-
-def _percent(value) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.0%}"
-
-
 def _times(value) -> str:
-    text = fmt(value, 2)
+    text = number(value, 2)
     return text if text == "-" else text + "x"
 
 
@@ -146,10 +137,10 @@ def raw_rows(doc: dict) -> list[list[str]]:
             r["backend"],
             r["setup"],
             r["what"],
-            fmt(r["mlflow_rows_per_s"], 0),
+            number(r["mlflow_rows_per_s"], 0),
             r["raw_mode"],
-            fmt(r["raw_rows_per_s"], 0),
-            fmt(100 * r["mlflow_over_raw"] if r["mlflow_over_raw"] else math.nan, 2) + "%",
+            number(r["raw_rows_per_s"], 0),
+            number(100 * r["mlflow_over_raw"] if r["mlflow_over_raw"] else math.nan, 2) + "%",
         ]
         for r in doc["mlflow_vs_raw"]
     ]
@@ -157,7 +148,7 @@ def raw_rows(doc: dict) -> list[list[str]]:
 
 def backend_rows(doc: dict) -> list[list[str]]:
     return [
-        [r["setup"], r["clients"], r["op"], fmt(r["p50_ratio"], 2), fmt(r["throughput_ratio"], 2)]
+        [r["setup"], r["clients"], r["op"], number(r["p50_ratio"], 2), number(r["throughput_ratio"], 2)]
         for r in doc["ratios"]
         if r["comparison"] == "postgres vs sqlite"
     ]
@@ -172,31 +163,19 @@ def terminal_report(doc: dict) -> str:
         f"SQLite {env['sqlite']}, {env['cpu_count']} CPUs",
         "stock = `mlflow server` as documented, h11 + asyncio loop (--uvicorn-opts '--http h11 --loop asyncio', what a plain `pip install mlflow` runs), job execution on",
         "",
-        tabulate(timing_rows(doc), headers=TIMING_HEADERS, disable_numparse=True),
+        table(timing_rows(doc), TIMING_HEADERS),
         "",
-        tabulate(footprint_rows(doc), headers=FOOTPRINT_HEADERS, disable_numparse=True),
+        table(footprint_rows(doc), FOOTPRINT_HEADERS),
         "",
-        tabulate(
-            target_rows(doc),
-            headers=["target (tuned vs stock)", "backend", "needs", "measured", ""],
-            disable_numparse=True,
-        ),
+        table(target_rows(doc), ["target (tuned vs stock)", "backend", "needs", "measured", ""]),
         "",
-        tabulate(
-            raw_rows(doc),
-            headers=["backend", "set-up", "MLflow", "metric rows/s", "raw mode", "raw rows/s", "MLflow/raw"],
-            disable_numparse=True,
-        ),
+        table(raw_rows(doc), ["backend", "set-up", "MLflow", "metric rows/s", "raw mode", "raw rows/s", "MLflow/raw"]),
     ]
     if any(r["comparison"] == "postgres vs sqlite" for r in doc["ratios"]):
         slow = [r for r in backend_rows(doc) if r[1] == 1]
         parts += [
             "",
-            tabulate(
-                slow,
-                headers=["set-up", "clients", "op", "postgres/sqlite p50", "postgres/sqlite calls/s"],
-                disable_numparse=True,
-            ),
+            table(slow, ["set-up", "clients", "op", "postgres/sqlite p50", "postgres/sqlite calls/s"]),
         ]
     if doc["error_examples"]:
         parts += ["", "errors (first few):"] + [f"  {e}" for e in doc["error_examples"][:5]]
@@ -206,14 +185,8 @@ def terminal_report(doc: dict) -> str:
 def write_outputs(doc: dict, root: Path | str | None = None) -> Path:
     """benchmarks/results/<timestamp>/ with results.json, results.csv, report.md, chart.png."""
     root = Path(root) if root else RESULTS_ROOT
-    stamp = datetime.fromisoformat(doc["meta"]["started_at"]).strftime("%Y%m%d-%H%M%S")
-    out = root / stamp
-    n = 1
-    while out.exists():
-        n += 1
-        out = root / f"{stamp}-{n}"
-    text_json, text_md = json.dumps(_clean(doc), indent=1) + "\n", markdown(doc)  # render before writing
-    out.mkdir(parents=True)
+    text_json, text_md = json.dumps(json_safe(doc, digits=6), indent=1) + "\n", markdown(doc)  # render before writing
+    out = new_report_dir(root, when=datetime.fromisoformat(doc["meta"]["started_at"]))
     (out / "results.json").write_text(text_json)
     with open(out / "results.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
@@ -235,7 +208,7 @@ def markdown(doc: dict) -> str:
         "",
         "## Environment",
         "",
-        tabulate(sorted(env.items()), headers=["what", "value"], tablefmt="github"),
+        table(sorted(env.items()), ["what", "value"], markdown=True),
         "",
         "## Set-ups",
         "",
@@ -250,7 +223,7 @@ def markdown(doc: dict) -> str:
         "",
         "## Targets (tuned vs stock)",
         "",
-        tabulate(target_rows(doc), headers=["target", "backend", "needs", "measured", "result"], tablefmt="github"),
+        table(target_rows(doc), ["target", "backend", "needs", "measured", "result"], markdown=True),
         "",
         "## Start-up and memory",
         "",
@@ -259,7 +232,7 @@ def markdown(doc: dict) -> str:
         "shared between processes once per process, PSS splits them (what the tree really costs); idle "
         "after start-up, peak under the workload.",
         "",
-        tabulate(footprint_rows(doc), headers=FOOTPRINT_HEADERS, tablefmt="github", disable_numparse=True),
+        table(footprint_rows(doc), FOOTPRINT_HEADERS, markdown=True),
         "",
         "## Timings",
         "",
@@ -268,15 +241,14 @@ def markdown(doc: dict) -> str:
         "the whole machine's CPU was meanwhile (server, database and clients share its cores: "
         "near 100% the machine, not the set-up, is the limit).",
         "",
-        tabulate(timing_rows(doc), headers=TIMING_HEADERS, tablefmt="github", disable_numparse=True),
+        table(timing_rows(doc), TIMING_HEADERS, markdown=True),
         "",
         "## MLflow vs raw inserts into the same database",
         "",
-        tabulate(
+        table(
             raw_rows(doc),
-            headers=["backend", "set-up", "MLflow", "metric rows/s", "raw mode", "raw rows/s", "MLflow/raw"],
-            tablefmt="github",
-            disable_numparse=True,
+            ["backend", "set-up", "MLflow", "metric rows/s", "raw mode", "raw rows/s", "MLflow/raw"],
+            markdown=True,
         ),
     ]
     if backend_rows(doc):
@@ -286,11 +258,10 @@ def markdown(doc: dict) -> str:
             "",
             "p50 ratio > 1: PostgreSQL is slower; calls/s ratio > 1: PostgreSQL does more.",
             "",
-            tabulate(
+            table(
                 backend_rows(doc),
-                headers=["set-up", "clients", "op", "postgres/sqlite p50", "postgres/sqlite calls/s"],
-                tablefmt="github",
-                disable_numparse=True,
+                ["set-up", "clients", "op", "postgres/sqlite p50", "postgres/sqlite calls/s"],
+                markdown=True,
             ),
         ]
     if doc["error_examples"]:
@@ -315,12 +286,12 @@ def compare(a: dict, b: dict) -> list[list[Any]]:
         rows.append(
             [
                 *key,
-                fmt(x["p50_ms"]),
-                fmt(y["p50_ms"]),
-                fmt(ratio(y["p50_ms"], x["p50_ms"]), 2),
-                fmt(x["throughput"]),
-                fmt(y["throughput"]),
-                fmt(ratio(y["throughput"], x["throughput"]), 2),
+                number(x["p50_ms"]),
+                number(y["p50_ms"]),
+                number(ratio(y["p50_ms"], x["p50_ms"]), 2),
+                number(x["throughput"]),
+                number(y["throughput"]),
+                number(ratio(y["throughput"], x["throughput"]), 2),
                 f"{x['errors']}/{y['errors']}",
             ]
         )
@@ -335,8 +306,12 @@ def compare_footprint(a: dict, b: dict) -> list[list[Any]]:
     for key in sorted(set(fa) & set(fb)):
         x, y = fa[key], fb[key]
         row: list[Any] = [*key]
-        for field_, show in (("ready_median_s", lambda v: fmt(v, 1)), ("idle_rss_median", _mb), ("peak_rss", _mb)):
-            row += [show(x[field_]), show(y[field_]), fmt(ratio(y[field_], x[field_]), 2)]
+        for field_, show in (
+            ("ready_median_s", lambda v: number(v, 1)),
+            ("idle_rss_median", megabytes),
+            ("peak_rss", megabytes),
+        ):
+            row += [show(x[field_]), show(y[field_]), number(ratio(y[field_], x[field_]), 2)]
         rows.append(row)
     return rows
 
@@ -369,17 +344,6 @@ COMPARE_HEADERS = [
     "B/A calls/s",
     "errors A/B",
 ]
-
-
-def _clean(value: Any) -> Any:
-    """NaN/inf -> None (strict JSON), tuples -> lists."""
-    if isinstance(value, float):
-        return None if math.isnan(value) or math.isinf(value) else round(value, 6)
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
 
 
 def _csv_value(value: Any) -> Any:

@@ -286,12 +286,3 @@ def mlflow_vs_raw(cells: dict[tuple, dict[str, Any]], raw: list[dict]) -> list[d
                 }
             )
     return out
-
-
-def fmt(value: Any, digits: int = 1) -> str:
-    """A number for a table: fixed digits, '-' for NaN/None."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.{digits}f}"
-    return str(value)

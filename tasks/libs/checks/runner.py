@@ -25,7 +25,9 @@ from urllib.parse import unquote, urlsplit
 
 import requests
 
-from tasks.libs.checks.results import (
+from tasks.libs.core.redact import redact
+from tasks.libs.reporting import formats
+from tasks.libs.reporting.records import (
     FAIL,
     PASS,
     SKIPPED,
@@ -35,7 +37,6 @@ from tasks.libs.checks.results import (
     Latency,
     Report,
 )
-from tasks.libs.core.redact import redact
 
 NAME_PREFIX = "mlflow-ops-check"
 DEFAULT_BROWSER = "/usr/bin/chromium"
@@ -134,7 +135,7 @@ def run_checks(
     report_dir.mkdir(parents=True, exist_ok=True)
     url = tracking_uri.rstrip("/")
     hidden = _secrets_in(url, store_uri)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + _secrets.token_hex(2)
+    stamp = formats.stamp() + "-" + _secrets.token_hex(2)
     report = Report(
         tracking_uri=redact(url),
         store=redact(store_uri) if store_uri else None,

@@ -6,8 +6,8 @@ import os
 import time
 from pathlib import Path
 
-from tasks.libs.checks.results import CheckFailed, CheckSkipped, Latency
 from tasks.libs.checks.runner import CheckContext
+from tasks.libs.reporting.records import CheckFailed, CheckSkipped, Latency
 
 BROWSER_ARGS = [
     "--no-sandbox",  # we run as root

@@ -34,6 +34,7 @@ from tasks.libs.lifecycle.internals.manifest import (
 )
 from tasks.libs.lifecycle.internals.pgtools import PgClient
 from tasks.libs.lifecycle.internals.sqlite_files import fsync_dir, online_copy, sha256_file, stamp
+from tasks.libs.reporting.formats import human_bytes
 from tasks.libs.store.reader import open_store
 
 
@@ -202,7 +203,7 @@ def backup_rows(settings: Settings, backend: str) -> list[list[str]]:
                 manifest.mlflow_version,
                 manifest.alembic_revision or "-",
                 str(manifest.total_rows),
-                f"{sum(manifest.sizes.values()) / 1e6:.1f} MB",
+                human_bytes(sum(manifest.sizes.values())),
                 "ok" if not problems else f"DAMAGED: {problems[0]}",
             ]
         )

@@ -26,7 +26,6 @@ from urllib.parse import quote
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from tasks.libs.checks.results import Report
 from tasks.libs.core.credentials import backend_store_uri, store_uri_and_password_env
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.settings import Settings
@@ -46,6 +45,8 @@ from tasks.libs.lifecycle.internals.scratch import checks_summary, deployment_ch
 from tasks.libs.lifecycle.internals.sqlite_files import online_copy
 from tasks.libs.lifecycle.internals.table_copy import SKIP_TABLES, Plan, copy_tables, make_plan, reset_sequences
 from tasks.libs.postgres.connection import check_reachable, ensure_database
+from tasks.libs.reporting.formats import human_bytes
+from tasks.libs.reporting.records import Report
 from tasks.libs.server.control import running_record
 from tasks.libs.store.revisions import preflight, stored_revisions
 
@@ -103,7 +104,7 @@ def migrate(
     runtime = installed()
     with steps.step("snapshot the source (SQLite backup API, read-only)") as row:
         online_copy(source, snap)
-        row.detail = f"{snap.stat().st_size / 1e6:.1f} MB"
+        row.detail = human_bytes(snap.stat().st_size)
     snap_uri = f"sqlite:///{snap}"
     with engine_for(snap_uri) as engine:
         found = preflight(

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks.libs.checks.results import Report
 from tasks.libs.core.credentials import backend_store_uri, store_uri_and_password_env
 from tasks.libs.core.settings import Settings
 from tasks.libs.lifecycle.backup import take_backup
@@ -33,6 +32,7 @@ from tasks.libs.lifecycle.internals.scratch import checks_summary, deployment_ch
 from tasks.libs.lifecycle.internals.snapshot import AUTH_TABLES, compare, same_columns, snapshot, upgrade_tables
 from tasks.libs.lifecycle.internals.sqlite_files import copy_file_synced
 from tasks.libs.lifecycle.upgrade import check_store, rehearsal_record
+from tasks.libs.reporting.records import Report
 from tasks.libs.store.revisions import AUTH_VERSION_TABLE, Preflight, stored_revisions
 
 

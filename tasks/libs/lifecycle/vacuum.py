@@ -20,6 +20,7 @@ from tasks.libs.core.settings import Settings
 from tasks.libs.lifecycle.internals.journal import StepTable
 from tasks.libs.lifecycle.internals.pgtools import connect_to
 from tasks.libs.lifecycle.internals.sqlite_files import checkpoint, file_sizes, integrity_check
+from tasks.libs.reporting.formats import human_bytes
 from tasks.libs.server.control import running_record
 
 TABLE_SIZES = (
@@ -123,12 +124,12 @@ def _postgres(settings: Settings, result: VacuumResult, *, full: bool) -> None:
     result.tables = [
         [
             t,
-            _mb(before[t][1]),
-            _mb(after.get(t, empty)[1]),
-            _mb(before[t][2]),
-            _mb(after.get(t, empty)[2]),
-            _mb(before[t][0]),
-            _mb(after.get(t, empty)[0]),
+            human_bytes(before[t][1]),
+            human_bytes(after.get(t, empty)[1]),
+            human_bytes(before[t][2]),
+            human_bytes(after.get(t, empty)[2]),
+            human_bytes(before[t][0]),
+            human_bytes(after.get(t, empty)[0]),
             str(before[t][3]),
         ]
         for t in biggest
@@ -139,10 +140,6 @@ def _sizes(cur) -> dict[str, tuple[int, int, int, int]]:
     """table -> (total, heap, indexes, dead rows as the statistics last saw them)."""
     cur.execute(TABLE_SIZES)
     return {name: (int(total), int(heap), int(idx), int(dead)) for name, total, heap, idx, dead in cur.fetchall()}
-
-
-def _mb(size: int) -> str:
-    return f"{size / 1e6:.2f} MB"
 
 
 TABLE_HEADERS = [

@@ -8,7 +8,6 @@ from typing import Any
 
 import requests
 
-from tasks.libs.checks.reports import write_reports
 from tasks.libs.checks.runner import run_checks
 from tasks.libs.checks.storage import storage_arguments
 from tasks.libs.cluster.orchestrate import cluster_up
@@ -18,6 +17,7 @@ from tasks.libs.core.errors import UserError
 from tasks.libs.core.processes import free_port, free_ports_in_a_row
 from tasks.libs.core.settings import Settings
 from tasks.libs.postgres.connection import recreate_database
+from tasks.libs.reporting.writers import write_reports
 
 REPLICAS = 2
 DATABASE = "mlflow_full_check_cluster"

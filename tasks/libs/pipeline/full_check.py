@@ -17,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tabulate import tabulate
-
 from tasks.libs.artifacts.s3 import where_artifacts_are
 from tasks.libs.bench.workload import (
     ClientPool,
@@ -26,7 +24,6 @@ from tasks.libs.bench.workload import (
     prepare_experiments,
     run_workload,
 )
-from tasks.libs.checks.reports import write_reports
 from tasks.libs.checks.runner import run_checks
 from tasks.libs.checks.storage import storage_arguments
 from tasks.libs.cluster.orchestrate import cluster_down
@@ -43,6 +40,8 @@ from tasks.libs.pipeline.cluster_stage import (
 )
 from tasks.libs.postgres.connection import recreate_database
 from tasks.libs.postgres.providers import Provider, provider_for
+from tasks.libs.reporting.formats import number, table
+from tasks.libs.reporting.writers import write_reports
 from tasks.libs.security.suite import run_security, verdict
 from tasks.libs.security.target import target_from_settings
 from tasks.libs.server.auth import client_env
@@ -283,19 +282,19 @@ def write_pipeline_report(report: PipelineReport, report_dir: Path) -> None:
     (report_dir / "full-check.json").write_text(json.dumps(asdict(report), indent=2, default=str))
     (report_dir / "full-check.md").write_text(
         f"# full-check\n\nwall time: {report.wall_s:.1f} s\n\n## Stages\n\n"
-        + stage_table(report, "github")
+        + stage_table(report, markdown=True)
         + "\n\n## Workload (quick preset, 1 client)\n\n"
-        + workload_table(report, "github")
+        + workload_table(report, markdown=True)
         + "\n"
     )
 
 
-def stage_table(report: PipelineReport, fmt: str = "simple") -> str:
+def stage_table(report: PipelineReport, *, markdown: bool = False) -> str:
     rows = [(s.backend, s.name, s.status, f"{s.seconds:.1f}", s.detail[:90]) for s in report.stages]
-    return tabulate(rows, headers=["backend", "stage", "result", "seconds", "detail"], tablefmt=fmt)
+    return table(rows, ["backend", "stage", "result", "seconds", "detail"], markdown=markdown)
 
 
-def workload_table(report: PipelineReport, fmt: str = "simple") -> str:
+def workload_table(report: PipelineReport, *, markdown: bool = False) -> str:
     rows = []
     for backend, ops in report.workload.items():
         for op, stats in ops.items():
@@ -304,16 +303,10 @@ def workload_table(report: PipelineReport, fmt: str = "simple") -> str:
                     backend,
                     op,
                     stats["n"],
-                    _ms(stats["p50_ms"]),
-                    _ms(stats["p95_ms"]),
+                    number(stats["p50_ms"]),
+                    number(stats["p95_ms"]),
                     f"{stats['throughput']:.1f}",
                     stats["errors"],
                 )
             )
-    return tabulate(
-        rows, headers=["backend", "operation", "calls", "p50 ms", "p95 ms", "calls/s", "errors"], tablefmt=fmt
-    )
-
-
-def _ms(value: float) -> str:
-    return "-" if value != value else f"{value:.1f}"  # NaN when an operation had no successful call
+    return table(rows, ["backend", "operation", "calls", "p50 ms", "p95 ms", "calls/s", "errors"], markdown=markdown)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets as _secrets
 
-from tasks.libs.checks.results import CheckFailed, CheckSkipped
+from tasks.libs.reporting.records import CheckFailed, CheckSkipped
 from tasks.libs.security.target import Session, Target, is_loopback, probe_name
 
 SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from tasks.libs.checks.results import CheckFailed, CheckSkipped
+from tasks.libs.reporting.records import CheckFailed, CheckSkipped
 from tasks.libs.security.http import Answer
 from tasks.libs.security.target import Session, Target, probe_name
 from tasks.libs.store.usage import local_artifact_path

@@ -16,9 +16,9 @@ from urllib.parse import quote
 
 import psutil
 
-from tasks.libs.checks.results import CheckFailed, CheckSkipped
 from tasks.libs.core.errors import ConfigError
 from tasks.libs.core.processes import group_members
+from tasks.libs.reporting.records import CheckFailed, CheckSkipped
 from tasks.libs.security.target import Local, PgLocal, Target, is_loopback
 
 TCP_TYPES = ("host", "hostssl", "hostnossl", "hostgssenc", "hostnogssenc")

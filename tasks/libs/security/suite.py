@@ -1,7 +1,7 @@
 """Run the security probes in order, one result each; a probe's failure never stops the next.
 
-run_security(target) returns a SuiteReport (tasks.libs.checks.results) that the shared
-writers (tasks.libs.checks.reports) turn into a terminal table, Markdown, JSON and JUnit.
+run_security(target) returns a SuiteReport (tasks.libs.reporting.records) that the shared
+writers (tasks.libs.reporting.writers) turn into a terminal table, Markdown, JSON and JUnit.
 Every reason is redacted with the target's secrets before it is kept.
 """
 
@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.libs.checks.results import FAIL, PASS, SKIPPED, CheckFailed, CheckResult, CheckSkipped, SuiteReport
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.redact import redact
+from tasks.libs.reporting.records import FAIL, PASS, SKIPPED, CheckFailed, CheckResult, CheckSkipped, SuiteReport
 from tasks.libs.security import probes_access as access
 from tasks.libs.security import probes_artifacts as artifacts
 from tasks.libs.security import probes_exposure as exposure

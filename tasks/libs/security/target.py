@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tasks.libs.checks.results import CheckFailed, CheckSkipped
 from tasks.libs.core.credentials import known_secrets, stored_secret
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.redact import redact
 from tasks.libs.core.settings import PROJECT_ROOT, Settings
+from tasks.libs.reporting.records import CheckFailed, CheckSkipped
 from tasks.libs.security.http import Answer, raw_request
 from tasks.libs.server.command import allowed_hosts
 from tasks.libs.server.control import ServerPaths, running_record

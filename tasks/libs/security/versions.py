@@ -15,8 +15,8 @@ from pathlib import Path
 import yaml
 from packaging.version import InvalidVersion, Version
 
-from tasks.libs.checks.results import CheckFailed
 from tasks.libs.core.errors import UserError
+from tasks.libs.reporting.records import CheckFailed
 from tasks.libs.security.target import Session, Target
 
 REQUIRED = ("id", "class", "endpoint", "request", "fixed_in", "fixed_basis", "probe", "sources")

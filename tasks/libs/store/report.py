@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from tabulate import tabulate
+from tasks.libs.reporting.formats import human_bytes, json_safe, table
 
 FORMATS = ("table", "json", "markdown")
 # Keys whose values in [0, 1] read best as percentages (accuracy 70.39% -> 89.89%).
@@ -18,7 +18,7 @@ TOP_TABLES_BY_SIZE = 15
 
 def render(report: dict[str, Any], fmt: str = "table") -> str:
     if fmt == "json":
-        return json.dumps(_no_nan(report), indent=2, default=str)
+        return json.dumps(json_safe(report), indent=2, default=str)
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     out = _Out(markdown=fmt == "markdown")
@@ -32,17 +32,6 @@ def render(report: dict[str, Any], fmt: str = "table") -> str:
             else:
                 writer(out, data)
     return out.text()
-
-
-def _no_nan(value: Any) -> Any:
-    """NaN (a metric logged as NaN) becomes null: strict JSON has no NaN."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _no_nan(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_no_nan(v) for v in value]
-    return value
 
 
 class _Out:
@@ -61,25 +50,12 @@ class _Out:
 
     def table(self, rows: list, headers: list[str]) -> None:
         if rows:
-            self.parts.append(
-                tabulate(rows, headers=headers, tablefmt="github" if self.markdown else "simple", disable_numparse=True)
-            )
+            self.parts.append(table(rows, headers, markdown=self.markdown))
         else:
             self.line("(none)")
 
     def text(self) -> str:
         return "\n".join(self.parts).strip() + "\n"
-
-
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(size) < 1024 or unit == "GiB":
-            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
 
 
 def format_value(key: str, value: float, as_percent: bool) -> str:

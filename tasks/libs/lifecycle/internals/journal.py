@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from tabulate import tabulate
 
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.settings import Settings
+from tasks.libs.reporting.formats import table
 
 
 def journal_dir(settings: Settings) -> Path:
@@ -186,7 +186,7 @@ class StepTable:
     def render(self) -> str:
         rows = [[r.name, f"{r.seconds:.2f} s", r.status, r.detail] for r in self.rows]
         total = sum(r.seconds for r in self.rows)
-        return tabulate(rows + [["total", f"{total:.2f} s", "", ""]], headers=["step", "time", "result", "detail"])
+        return table([*rows, ["total", f"{total:.2f} s", "", ""]], ["step", "time", "result", "detail"])
 
     def as_dicts(self) -> list[dict[str, Any]]:
         return [

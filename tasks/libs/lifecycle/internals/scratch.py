@@ -12,8 +12,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tasks.libs.checks.reports import write_reports
-from tasks.libs.checks.results import PASS, Report
 from tasks.libs.checks.runner import all_checks, run_checks
 from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.errors import UserError
@@ -21,6 +19,8 @@ from tasks.libs.core.processes import free_port
 from tasks.libs.core.settings import Settings
 from tasks.libs.lifecycle.internals.journal import journal_dir
 from tasks.libs.lifecycle.internals.pgtools import pinned_password, with_database
+from tasks.libs.reporting.records import PASS, Report
+from tasks.libs.reporting.writers import write_reports
 from tasks.libs.server.control import start_server, stop_server
 
 

@@ -13,9 +13,11 @@ import xml.etree.ElementTree as ET
 from dataclasses import asdict
 from pathlib import Path
 
-from tabulate import tabulate
-
-from tasks.libs.checks.results import BUDGETS, FAIL, SKIPPED, CheckResult, Report, SuiteReport
+from tasks.libs.core.errors import UserError
+from tasks.libs.core.settings import Settings
+from tasks.libs.core.state import ensure_state_dir
+from tasks.libs.reporting.formats import new_report_dir, table
+from tasks.libs.reporting.records import BUDGETS, FAIL, SKIPPED, CheckResult, Report, SuiteReport
 
 AnyReport = Report | SuiteReport
 
@@ -59,10 +61,24 @@ def format_table(report: AnyReport) -> str:
     """The terminal view: one row per check, then warnings and the summary."""
     others = 90 if report.latency_column else 45  # room the other columns take
     width = max(40, os.get_terminal_size(1).columns - others) if os.isatty(1) else 120
-    lines = [tabulate(table_rows(report, wrap=width), headers=headers(report), tablefmt="simple")]
+    lines = [table(table_rows(report, wrap=width), headers(report))]
     lines += [f"WARNING {w}" for w in report.warnings]
     lines.append(summary_line(report))
     return "\n".join(lines)
+
+
+def report_dir_for(settings: Settings, prefix: str, given: str | Path | None = None) -> Path:
+    """The folder a report goes to, made now: given, else <state_dir>/reports/<prefix>-<time>."""
+    try:
+        if given:
+            path = Path(given)
+            path.mkdir(parents=True, exist_ok=True)
+            return path
+        ensure_state_dir(settings)  # with the tool's mode, not mkdir(parents=True)'s default
+        return new_report_dir(settings.state_path / "reports", prefix)
+    except OSError as exc:
+        where = given or settings.state_path / "reports"
+        raise UserError(f"cannot create report directory {where}: {exc.strerror}") from None
 
 
 def write_reports(report: AnyReport, report_dir: Path) -> dict[str, Path]:
@@ -101,7 +117,7 @@ def to_markdown(report: AnyReport) -> str:
         "",
         f"**{summary_line(report)}**",
         "",
-        tabulate(rows, headers=headers(report), tablefmt="github"),
+        table(rows, headers(report), markdown=True),
         "",
     ]
     if report.warnings:

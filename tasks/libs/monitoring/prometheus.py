@@ -26,7 +26,7 @@ import yaml
 
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.programs import find_program
-from tasks.libs.core.settings import MonitoringSettings
+from tasks.libs.core.settings.monitoring import MonitoringSettings
 
 CONFIG_FILE = "prometheus.yml"
 RULES_FILE = "mlflow-ops.rules.yml"

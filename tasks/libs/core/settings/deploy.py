@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from typing import Literal
 
 from pydantic import Field, field_validator
 
-from tasks.libs.core.strict import _Strict
+from tasks.libs.core.settings.base import AbsolutePath, StrictModel
 
 
-class DeployResources(_Strict):
+class DeployResources(StrictModel):
     requests: dict[str, str]
     limits: dict[str, str]
 
@@ -23,33 +22,26 @@ class DeployResources(_Strict):
         return value
 
 
-class DeployGcSettings(_Strict):
+class DeployGcSettings(StrictModel):
     enabled: bool
     older_than: str = Field(pattern=r"^([0-9]+(\.[0-9]+)?[dhms])+$")
     on_calendar: str
     cron: str
 
 
-class DeploySystemdSettings(_Strict):
+class DeploySystemdSettings(StrictModel):
     user: str
-    python: str | None
-    config_dir: str
-
-    @field_validator("python", "config_dir")
-    @classmethod
-    def _absolute(cls, value: str | None) -> str | None:
-        if value is not None and not os.path.isabs(value):
-            raise ValueError(f"{value!r} is relative; systemd needs an absolute path")
-        return value
+    python: AbsolutePath | None  # systemd needs absolute paths
+    config_dir: AbsolutePath
 
 
-class DeployHelmSettings(_Strict):
+class DeployHelmSettings(StrictModel):
     persistence: bool | None
     strategy: Literal["RollingUpdate", "Recreate"] | None
     storage: str
 
 
-class DeploySettings(_Strict):
+class DeploySettings(StrictModel):
     name: str = Field(pattern=r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
     image: str
     public_host: str | None

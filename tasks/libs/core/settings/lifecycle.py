@@ -2,32 +2,24 @@
 
 from __future__ import annotations
 
-import os
 import re
 
 from pydantic import Field, field_validator
 
 from tasks.libs.core.durations import parse_duration
-from tasks.libs.core.strict import _Strict
+from tasks.libs.core.settings.base import AbsolutePath, StrictModel
 
 
-class LifecycleSettings(_Strict):
-    backups_dir: str | None
+class LifecycleSettings(StrictModel):
+    backups_dir: AbsolutePath | None
     keep_backups: int | None = Field(ge=1)
     max_backup_age: str
     rehearsal_database: str | None
     server_checks: bool
-    venvs_dir: str | None
+    venvs_dir: AbsolutePath | None
     migrate_batch_rows: int = Field(ge=100, le=1_000_000)
     verify_runs: int = Field(ge=1)
     gc_older_than: str
-
-    @field_validator("backups_dir", "venvs_dir")
-    @classmethod
-    def _absolute_folder(cls, value: str | None) -> str | None:
-        if value is not None and not os.path.isabs(value):
-            raise ValueError(f"{value!r} is relative; give an absolute path or leave it null")
-        return value
 
     @field_validator("max_backup_age", "gc_older_than")
     @classmethod

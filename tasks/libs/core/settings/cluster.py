@@ -1,5 +1,4 @@
-"""The settings sections for scaling out: `cluster` (replicas, HAProxy, PgBouncer, the standby) and
-`monitoring` (Prometheus files, postgres_exporter). Every key is documented in config/defaults.yaml."""
+"""The `cluster` section: replicas, HAProxy, PgBouncer, the standby (keys documented in config/defaults.yaml)."""
 
 from __future__ import annotations
 
@@ -7,10 +6,10 @@ import re
 
 from pydantic import Field, field_validator, model_validator
 
-from tasks.libs.core.strict import Port, _Strict
+from tasks.libs.core.settings.base import Port, StrictModel
 
 
-class LoadBalancerSettings(_Strict):
+class LoadBalancerSettings(StrictModel):
     host: str
     port: int = Port
     stats_port: int = Port
@@ -31,7 +30,7 @@ class LoadBalancerSettings(_Strict):
         return value
 
 
-class PgBouncerSettings(_Strict):
+class PgBouncerSettings(StrictModel):
     enabled: bool
     host: str
     port: int = Port
@@ -39,7 +38,7 @@ class PgBouncerSettings(_Strict):
     max_client_conn: int | None = Field(ge=1)
 
 
-class ReadReplicaSettings(_Strict):
+class ReadReplicaSettings(StrictModel):
     enabled: bool
     port: int = Port
     name: str
@@ -54,7 +53,7 @@ class ReadReplicaSettings(_Strict):
         return value
 
 
-class ClusterSettings(_Strict):
+class ClusterSettings(StrictModel):
     replicas: int = Field(ge=1, le=16)
     host: str
     first_port: int = Port
@@ -69,32 +68,3 @@ class ClusterSettings(_Strict):
         if self.first_port + self.replicas - 1 > 65535:
             raise ValueError(f"cluster.first_port {self.first_port} + {self.replicas} replicas runs past port 65535")
         return self
-
-
-_DURATION = re.compile(r"(\d+(ms|s|m|h|d|w|y))+")
-
-
-class PostgresExporterSettings(_Strict):
-    enabled: bool
-    port: int = Port
-
-
-class ThresholdSettings(_Strict):
-    error_ratio: float = Field(gt=0, lt=1)
-    p95_seconds: float = Field(gt=0)
-    connections_ratio: float = Field(gt=0, le=1)
-    replica_lag_bytes: int = Field(ge=0)
-
-
-class MonitoringSettings(_Strict):
-    scrape_interval: str
-    down_for: str
-    thresholds: ThresholdSettings
-    postgres_exporter: PostgresExporterSettings
-
-    @field_validator("scrape_interval", "down_for")
-    @classmethod
-    def _prometheus_duration(cls, value: str) -> str:
-        if not _DURATION.fullmatch(value):
-            raise ValueError(f"{value!r} is not a Prometheus duration (e.g. 15s, 1m, 1h30m)")
-        return value

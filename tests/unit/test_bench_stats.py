@@ -270,7 +270,7 @@ def test_worst_cell_says_how_busy_the_machine_was():
         )
         if r[:3] == ["sqlite", 8, "log_metric"]
     )
-    assert row[7] == "97%" and row[13] == "95%"
+    assert row[8] == "97%" and row[15] == "95%"
     assert (
         bench_report.timing_rows(
             {

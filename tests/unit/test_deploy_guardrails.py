@@ -49,6 +49,12 @@ REFUSALS = [
     ),
     ("embedded S3", "compose", {"artifacts.store": "s3"}, "artifacts.s3.provider is 'embedded'"),
     (
+        "jobs on two identical replicas",
+        "compose",
+        {**EXTERNAL_PG, "deploy.replicas": 2, "server.workers": 1},
+        "deploy.replicas = 2 with server.job_execution on",
+    ),
+    (
         "split artifacts",
         "systemd",
         {**EXTERNAL_S3, "artifacts.mode": "split"},

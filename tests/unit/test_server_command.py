@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tasks.libs.artifacts.location import artifacts_server_command, s3_env
-from tasks.libs.core.errors import ConfigError
-from tasks.libs.server.command import server_command, server_env
+from tasks.libs.core.errors import ConfigError, UserError
+from tasks.libs.server.command import mlflow_pin, server_command, server_env, stock_requirements, stock_venv
 from tests.support.settings import make_settings
 
 
@@ -74,3 +74,33 @@ def test_metrics_flag_points_at_the_multiprocess_folder(tmp_path):
 def test_local_artifacts_only_proxied(tmp_path):
     with pytest.raises(ConfigError, match="artifacts.mode 'direct' needs artifacts.store s3"):
         make_settings(tmp_path, **{"artifacts.mode": "direct"})
+
+
+def test_stock_is_the_docs_command_from_a_plain_venv(tmp_path, monkeypatch):
+    """MLflow's docs (and `mlflow server --help`) start a server as `mlflow server --host H --port P`,
+    the store given by --backend-store-uri or its env twin MLFLOW_BACKEND_STORE_URI; nothing else."""
+    venvs = tmp_path / "venvs"
+    settings = make_settings(tmp_path, **{"lifecycle.venvs_dir": str(venvs), "server.port": 4321})
+    with pytest.raises(UserError, match="stock MLflow venv .* is missing; `inv bench` builds it"):
+        server_command(settings, stock=True)
+    mlflow = stock_venv(settings) / "bin" / "mlflow"
+    assert stock_venv(settings) == venvs / f"stock-mlflow-{mlflow_pin()}"
+    mlflow.parent.mkdir(parents=True)
+    mlflow.touch()
+    assert server_command(settings, stock=True) == [str(mlflow), "server", "--host", "127.0.0.1", "--port", "4321"]
+    assert stock_requirements() == [f"mlflow=={mlflow_pin()}", "psycopg2-binary"]
+    monkeypatch.setenv("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")  # a caller's MLflow setting never leaks in
+    monkeypatch.setenv("VIRTUAL_ENV", "/somewhere/.venv")
+    env = server_env(settings, stock=True)
+    assert [k for k in env if k.startswith("MLFLOW_")] == ["MLFLOW_BACKEND_STORE_URI"]
+    assert "VIRTUAL_ENV" not in env
+
+
+def test_job_execution_is_on_with_the_executor_engine_unless_turned_off(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SERVER_JOB_EXECUTION_ENGINE", "executor")  # the settings decide, not the caller
+    on = server_env(make_settings(tmp_path))
+    assert on["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "true" and on["MLFLOW_SERVER_JOB_EXECUTION_ENGINE"] == "executor"
+    huey = server_env(make_settings(tmp_path, **{"server.job_engine": "huey"}))
+    assert huey["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "true" and "MLFLOW_SERVER_JOB_EXECUTION_ENGINE" not in huey
+    off = server_env(make_settings(tmp_path, **{"server.job_execution": False}))
+    assert off["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false" and "MLFLOW_SERVER_JOB_EXECUTION_ENGINE" not in off

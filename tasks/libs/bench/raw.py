@@ -109,6 +109,17 @@ def postgres_version(conn) -> str:
         conn.close()
 
 
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it (/proc/cpuinfo), else platform's guess."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def environment() -> dict:
     """Versions and machine facts the numbers depend on."""
 
@@ -121,6 +132,8 @@ def environment() -> dict:
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
+        "kernel": platform.release(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "mlflow": version("mlflow"),
         "sqlalchemy": version("sqlalchemy"),

@@ -34,6 +34,7 @@ CSV_FIELDS = (
     "max_ms",
     "throughput",
     "cpu_busy",
+    "server_cpu_ms",
     "rows_per_s",
 )
 FILES = ("results.json", "results.csv", "report.md", "chart.png")
@@ -53,13 +54,15 @@ def timing_rows(doc: dict) -> list[list[str]]:
                     number(cell["p95_ms"]),
                     number(cell["p99_ms"]),
                     number(cell["throughput"]),
+                    number(cell.get("server_cpu_ms"), 2),
                     percent(cell.get("cpu_busy")),
                     cell["errors"],
                 ]
                 if cell
-                else ["-"] * 6
+                else ["-"] * 7
             )
         row.append(_times(ratio(stock["p50_ms"], tuned["p50_ms"])) if tuned and stock else "-")
+        row.append(_times(ratio(stock.get("server_cpu_ms"), tuned.get("server_cpu_ms"))) if tuned and stock else "-")
         rows.append(row)
     return rows
 
@@ -72,15 +75,18 @@ TIMING_HEADERS = [
     "p95",
     "p99",
     "calls/s",
+    "srv CPU ms/call",
     "cpu",
     "err",
     "stock p50 ms",
     "p95",
     "p99",
     "calls/s",
+    "srv CPU ms/call",
     "cpu",
     "err",
     "stock/tuned p50",
+    "stock/tuned srv CPU",
 ]
 
 
@@ -160,8 +166,9 @@ def terminal_report(doc: dict) -> str:
         f"bench preset {doc['meta']['preset']}: {', '.join(doc['meta']['backends'])} x tuned/stock, "
         f"{doc['meta']['spec']['repetitions']} repetitions, {doc['meta']['duration_s']} s; "
         f"MLflow {env['mlflow']}, SQLAlchemy {env['sqlalchemy']}, PostgreSQL {env.get('postgres')}, "
-        f"SQLite {env['sqlite']}, {env['cpu_count']} CPUs",
-        "stock = `mlflow server` as documented, h11 + asyncio loop (--uvicorn-opts '--http h11 --loop asyncio', what a plain `pip install mlflow` runs), job execution on",
+        f"SQLite {env['sqlite']}; kernel {env.get('kernel', '?')}, {env.get('cpu_model', '?')}, {env['cpu_count']} CPUs",
+        "stock = `mlflow server --host H --port P` from a venv holding only mlflow==<pin> and psycopg2-binary "
+        "(every MLflow default, job execution on); tuned = what `inv server.start` runs",
         "",
         table(timing_rows(doc), TIMING_HEADERS),
         "",
@@ -237,9 +244,12 @@ def markdown(doc: dict) -> str:
         "## Timings",
         "",
         "Latency in ms over all repetitions; calls/s is the median over repetitions of "
-        "a phase's successful calls / its wall time with all clients running; cpu is how busy "
-        "the whole machine's CPU was meanwhile (server, database and clients share its cores: "
-        "near 100% the machine, not the set-up, is the limit).",
+        "a phase's successful calls / its wall time with all clients running; srv CPU ms/call is "
+        "the CPU time of the server's whole process group (workers, job runner, consumers, user + "
+        "system) over the phase, divided by its successful calls, all repetitions pooled: what a call "
+        "costs the server, which other work on a shared machine barely moves (the database's CPU is "
+        "not in it); cpu is how busy the whole machine's CPU was meanwhile (server, database and "
+        "clients share its cores: near 100% the machine, not the set-up, is the limit).",
         "",
         table(timing_rows(doc), TIMING_HEADERS, markdown=True),
         "",
@@ -266,7 +276,39 @@ def markdown(doc: dict) -> str:
         ]
     if doc["error_examples"]:
         lines += ["", "## Errors (first few)", ""] + [f"- `{e}`" for e in doc["error_examples"]]
+    lines += package_lines(doc)
     return "\n".join(lines) + "\n"
+
+
+def package_lines(doc: dict) -> list[str]:
+    """Both venvs' `pip freeze`, side by side: what differs first, then the rest."""
+    packages = doc.get("packages") or {}
+    if not packages:
+        return []
+    names = {name: dict(_split_requirement(r) for r in reqs) for name, reqs in packages.items()}
+    tuned, stock = names.get("tuned", {}), names.get("stock", {})
+    every = sorted(set(tuned) | set(stock), key=str.lower)
+    differ = [[p, tuned.get(p, "-"), stock.get(p, "-")] for p in every if tuned.get(p) != stock.get(p)]
+    same = [p for p in every if tuned.get(p) == stock.get(p)]
+    return [
+        "",
+        "## Packages",
+        "",
+        f"`pip freeze` of the venv each set-up runs from ({len(tuned)} packages tuned, {len(stock)} stock). "
+        "Where they differ:",
+        "",
+        table(differ, ["package", "tuned", "stock"], markdown=True),
+        "",
+        f"The same in both ({len(same)}): " + ", ".join(f"{p} {tuned[p]}" for p in same),
+    ]
+
+
+def _split_requirement(line: str) -> tuple[str, str]:
+    """'mlflow==3.17.2' -> ('mlflow', '3.17.2'); an editable or URL line keeps its text as the version."""
+    name, sep, version = line.partition("==")
+    if sep:
+        return name.strip(), version.strip()
+    return line.split(" ")[0].split("@")[0].strip() or line, line
 
 
 def load_results(folder: Path | str) -> dict:

@@ -47,10 +47,11 @@ from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.processes import free_port
 from tasks.libs.core.settings import Settings
+from tasks.libs.core.venvs import pip_freeze, venvs_dir
 from tasks.libs.postgres.connection import connect, recreate_database
 from tasks.libs.postgres.providers import provider_for
-from tasks.libs.server.command import server_command, server_env
-from tasks.libs.server.control import start_server, stop_server
+from tasks.libs.server.command import ensure_stock_venv, server_command, server_env, stock_requirements
+from tasks.libs.server.control import ServerPaths, ServerRecord, start_server, stop_server
 from tasks.libs.store.reader import sqlite_journal_mode
 
 BACKENDS = ("sqlite", "postgres")
@@ -93,6 +94,8 @@ def run_bench(
     """
     backends = list(per_backend)
     progress = progress or stderr_progress()
+    base = next(iter(per_backend.values()))
+    stock_python = ensure_stock_venv(base, say=progress)  # once, cached under the user's state dir
     root = Path(tempfile.mkdtemp(prefix="mlflow-ops-bench-", dir="/tmp"))
     root.chmod(0o755)
     started_at, began = datetime.now(timezone.utc), time.monotonic()
@@ -144,6 +147,7 @@ def run_bench(
         progress(f"raw inserts  ({time.monotonic() - began:.0f} s)")
         raw = [dict(backend=t.backend, store=t.setup, **row) for t in targets for row in _raw(t, spec)]
         env = _environment(targets, pg_settings)
+        packages = {"tuned": pip_freeze(sys.executable), "stock": pip_freeze(stock_python)}
     finally:
         progress("stopping servers")
         if pool:
@@ -154,13 +158,16 @@ def run_bench(
             db.stop()
         shutil.rmtree(root, ignore_errors=True)
         progress("")
-    return _document(targets, spec, raw, env, started_at, time.monotonic() - began, client_mode)
+    doc = _document(targets, spec, raw, env, started_at, time.monotonic() - began, client_mode)
+    doc["packages"] = packages
+    return doc
 
 
 def _isolate(base: Settings, state: Path, password: str, *, database: str, pg_port: int | None = None) -> Settings:
     """base moved to its own state dir and free ports, on the bench's own local PostgreSQL."""
     state.mkdir(mode=0o755, parents=True, exist_ok=True)
     s = base.model_copy(deep=True)
+    s.lifecycle.venvs_dir = str(venvs_dir(base))  # the stock venv stays where it is cached
     s.state_dir = str(state)
     s.server.host, s.server.port = "127.0.0.1", free_port()
     s.server.start_timeout, s.server.allowed_hosts = max(s.server.start_timeout, 300), None
@@ -231,6 +238,7 @@ def _timed_cells(targets: list[Target], spec: WorkloadSpec, pool: ClientPool, pr
                     pool=pool,
                     experiment_id=t.experiment_id,
                     seed_experiment_id=t.seed_experiment_id,
+                    server_pgid=server_pgid(t.settings),
                 )
                 for op, r in result.ops.items():
                     t.reps.setdefault((clients, op), []).append(
@@ -239,9 +247,16 @@ def _timed_cells(targets: list[Target], spec: WorkloadSpec, pool: ClientPool, pr
                             "errors": r.errors,
                             "throughput": r.throughput,
                             "cpu_busy": r.cpu_busy,
+                            "server_cpu_s": r.server_cpu_s,
                             "error_examples": r.error_examples,
                         }
                     )
+
+
+def server_pgid(settings: Settings) -> int | None:
+    """The process group of the server the settings started (None when it does not run)."""
+    record = ServerRecord.read(ServerPaths.of(settings).pid_file)
+    return record.pgid if record else None
 
 
 def _raw(t: Target, spec: WorkloadSpec) -> list[dict]:
@@ -266,7 +281,7 @@ def _environment(targets: list[Target], pg_settings: Settings | None) -> dict:
 def _describe_setup(t: Target) -> dict:
     """The set-up's command line and the environment it adds, as it ran (paths and ports aside)."""
     s = t.settings
-    cmd = ["python" if c == sys.executable else c for c in server_command(s, stock=t.stock)]
+    cmd = [_short(c, s) for c in server_command(s, stock=t.stock)]
     added = {
         k: v
         for k, v in server_env(s, stock=t.stock).items()
@@ -275,9 +290,10 @@ def _describe_setup(t: Target) -> dict:
     how = (
         "what `inv server.start` runs"
         if not t.stock
-        else "`mlflow server` as MLflow's docs show it, run as a plain `pip install mlflow` runs it: h11 and "
-        "asyncio's loop (--uvicorn-opts '--http h11 --loop asyncio'), job execution on; store URI via "
-        "MLFLOW_BACKEND_STORE_URI (the env form of --backend-store-uri)"
+        else f"`mlflow server --host H --port P` as MLflow's docs show it, from a venv holding only "
+        f"{' '.join(stock_requirements())} (and what pip pulls in): every MLflow default, job execution "
+        "on with its default engine; store URI via MLFLOW_BACKEND_STORE_URI (the env form of "
+        "--backend-store-uri)"
     )
     return {
         "backend": t.backend,
@@ -287,6 +303,13 @@ def _describe_setup(t: Target) -> dict:
         "env": added,
         "store": backend_store_uri(s).replace(str(s.state_path), "<state>"),
     }
+
+
+def _short(arg: str, settings: Settings) -> str:
+    """An argument as the report shows it: our interpreter as python, the stock venv as <venvs>."""
+    if arg == sys.executable:
+        return "python"
+    return arg.replace(str(venvs_dir(settings)), "<venvs>")
 
 
 def _document(targets, spec, raw, env, started_at, seconds, client_mode) -> dict:

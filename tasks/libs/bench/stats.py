@@ -118,6 +118,7 @@ def cell_stats(reps: Iterable[dict[str, Any]]) -> dict[str, Any]:
     out = summarize(pooled)
     rep_tp = [r["throughput"] for r in reps]
     rep_cpu = [r["cpu_busy"] for r in reps if r.get("cpu_busy") is not None]
+    out.update(server_cpu_ms_per_call(reps))
     out.update(
         errors=sum(r["errors"] for r in reps),
         throughput=statistics.median(rep_tp) if rep_tp else math.nan,
@@ -128,12 +129,28 @@ def cell_stats(reps: Iterable[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def server_cpu_ms_per_call(reps: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The server's CPU per successful call: its group's CPU time over every repetition / their calls.
+
+    Repetitions without a reading (server_cpu_s None) are left out of both sums; also the
+    per-repetition figures, so their spread shows.
+    """
+    measured = [r for r in reps if r.get("server_cpu_s") is not None and r["latencies"]]
+    calls = sum(len(r["latencies"]) for r in measured)
+    cpu = sum(r["server_cpu_s"] for r in measured)
+    return {
+        "server_cpu_ms": cpu * 1000 / calls if calls else math.nan,
+        "rep_server_cpu_ms": [r["server_cpu_s"] * 1000 / len(r["latencies"]) for r in measured],
+    }
+
+
 def compare_cells(cells: dict[tuple, dict[str, Any]], *, key_a: dict, key_b: dict, label: str) -> list[dict]:
     """Ratios between two families of cells that differ only in key_a vs key_b.
 
     cells maps (backend, setup, clients, op) -> cell_stats. For each cell of family A with a
     twin in family B: latency ratio B.p50 / A.p50 (so > 1 means A is faster) and throughput
-    ratio A / B, each pooled and repetition by repetition.
+    ratio A / B, each pooled and repetition by repetition; and the server's CPU per call,
+    B / A (> 1: A costs its server less).
     """
     fields = ("backend", "setup", "clients", "op")
     rows = []
@@ -147,6 +164,7 @@ def compare_cells(cells: dict[tuple, dict[str, Any]], *, key_a: dict, key_b: dic
             continue
         lat = ratio_summary(b["p50_ms"], a["p50_ms"], b["rep_p50_ms"], a["rep_p50_ms"])
         tp = ratio_summary(a["throughput"], b["throughput"], a["rep_throughput"], b["rep_throughput"])
+        cpu = ratio(b.get("server_cpu_ms"), a.get("server_cpu_ms"))
         rows.append(
             {
                 "comparison": label,
@@ -155,6 +173,7 @@ def compare_cells(cells: dict[tuple, dict[str, Any]], *, key_a: dict, key_b: dic
                 "p50_paired": lat["paired"],
                 "throughput_ratio": tp["value"],
                 "throughput_paired": tp["paired"],
+                "server_cpu_ratio": cpu,
             }
         )
     return rows

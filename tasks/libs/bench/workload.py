@@ -33,6 +33,7 @@ import yaml
 
 from tasks.libs.bench.stats import summarize
 from tasks.libs.core.errors import UserError
+from tasks.libs.core.processes import group_members
 from tasks.libs.core.settings import PROJECT_ROOT
 
 SPEC_FILE = PROJECT_ROOT / "benchmarks" / "workload.yaml"
@@ -133,6 +134,16 @@ class OpResult:
     # The whole machine's CPU busy fraction over the span (server, database and clients share
     # the cores): near 1.0 means the cell is bound by this machine's CPU, not by a set-up.
     cpu_busy: float | None = None
+    # CPU seconds the server's whole process group used over the span (user + system, its
+    # workers, job runners and the children they reaped): what the calls cost the server,
+    # a figure the other work on a shared machine barely moves.
+    server_cpu_s: float | None = None
+
+    @property
+    def server_cpu_ms_per_call(self) -> float | None:
+        if self.server_cpu_s is None or not self.latencies:
+            return None
+        return self.server_cpu_s * 1000 / len(self.latencies)
 
     @property
     def wall_s(self) -> float:
@@ -237,11 +248,13 @@ def run_workload(
     experiment_id: str | None = None,
     seed_experiment_id: str | None = None,
     ops: dict[str, int] | None = None,
+    server_pgid: int | None = None,
 ) -> WorkloadResult:
     """Run spec's ops (or `ops`) with `clients` concurrent clients against a running server.
 
     Without a pool one is made for this call (slower: it spawns the clients); without
-    experiment ids they are created (and the seed runs logged) first, untimed.
+    experiment ids they are created (and the seed runs logged) first, untimed. With
+    server_pgid, each phase also records the CPU time of the server's process group.
     """
     if experiment_id is None or seed_experiment_id is None:
         experiment_id, seed_experiment_id = prepare_experiments(tracking_uri, spec)
@@ -258,6 +271,7 @@ def run_workload(
                 "index": i,
                 "barrier": barrier,
                 "phase_timeout_s": spec.phase_timeout_s,
+                "server_pgid": server_pgid,
             }
             for i in range(clients)
         ]
@@ -279,6 +293,7 @@ def run_workload(
             error_examples=[e for p in parts for e in p["error_examples"]][:3],
             span=(min(s[0] for s in spans), max(s[1] for s in spans)) if spans else None,
             cpu_busy=phase_cpu_busy(parts),
+            server_cpu_s=phase_server_cpu(parts),
         )
     return WorkloadResult(clients=clients, ops=merged, wall_s=wall)
 
@@ -296,6 +311,33 @@ def phase_cpu_busy(parts: list[dict]) -> float | None:
     last = max(readings, key=lambda p: p["span"][1])["cpu"][1]
     busy, total = last[0] - first[0], last[1] - first[1]
     return busy / total if total > 0 else None
+
+
+def phase_server_cpu(parts: list[dict]) -> float | None:
+    """The server group's CPU seconds from the first client's start reading to the last client's end reading."""
+    readings = [p for p in parts if p.get("span") and p.get("server_cpu")]
+    if not readings:
+        return None
+    first = min(readings, key=lambda p: p["span"][0])["server_cpu"][0]
+    last = max(readings, key=lambda p: p["span"][1])["server_cpu"][1]
+    return max(last - first, 0.0)
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU seconds of every live process in the group, with the children each reaped.
+
+    A process that ended and was reaped by a member counts through that member's children_*
+    times; one that ends between two readings without a reaping member is lost (MLflow's job
+    subprocesses are reaped by the runner that started them).
+    """
+    total = 0.0
+    for proc in group_members(pgid):
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:  # ended while we looked
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
 
 
 def cpu_reading() -> tuple[float, float]:
@@ -362,6 +404,8 @@ def _client_job(job: dict) -> dict:
 def _phase(op: str, count: int, state: dict, timeout_s: float) -> dict:
     call = _CALLS[op]
     out: dict[str, Any] = {"latencies": [], "errors": 0, "error_examples": [], "span": None}
+    pgid = state["job"].get("server_pgid")
+    server_at_start = group_cpu_seconds(pgid) if pgid else None
     cpu_at_start = cpu_reading()
     start = time.monotonic()
     deadline = start + timeout_s
@@ -379,6 +423,8 @@ def _phase(op: str, count: int, state: dict, timeout_s: float) -> dict:
         out["latencies"].append(time.perf_counter() - t0)
     out["span"] = (start, time.monotonic())
     out["cpu"] = (cpu_at_start, cpu_reading())
+    if pgid:
+        out["server_cpu"] = (server_at_start, group_cpu_seconds(pgid))
     return out
 
 

@@ -38,6 +38,13 @@ def problems(settings: Settings, fmt: str) -> list[str]:
     if db is not None:
         out += _connection_budget(settings)
     out += _hosts(settings, fmt)
+    if deploy.replicas > 1 and settings.server.job_execution:
+        out.append(
+            f"deploy.replicas = {deploy.replicas} with server.job_execution on: MLflow runs its executor "
+            "engine on one replica only, and huey needs a shared Redis with periodic tasks on one replica, "
+            "which identical replicas cannot say; set deploy.replicas: 1, or server.job_execution: false "
+            "(and run jobs on one server of their own)"
+        )
     return out
 
 

@@ -1,10 +1,10 @@
 """The `mlflow server` command line and environment: ours (tuned) and stock MLflow's.
 
-Tuned is what `inv server.start` runs. Stock is `mlflow server` as MLflow's docs show it,
-run the way a plain `pip install mlflow` runs it: uvicorn on h11 and asyncio's loop
-(uvicorn picks httptools and uvloop whenever they are importable, and forcing h11 alone
-keeps uvloop, which hides h11's keep-alive stall), job execution left on (MLflow's default).
-Either way the store URI travels in MLFLOW_BACKEND_STORE_URI (the env twin of
+Tuned is what `inv server.start` runs. Stock is what a user who types `pip install
+mlflow==<pin> psycopg2-binary` gets: the `mlflow` of a venv that holds nothing else (built once
+under <venvs_dir>/stock-mlflow-<pin>, see stock_venv), started as MLflow's docs show it,
+`mlflow server --host H --port P`, with every default of MLflow's (4 uvicorn workers, job
+execution on with its default engine, artifacts in ./mlartifacts of its folder). Either way the store URI travels in MLFLOW_BACKEND_STORE_URI (the env twin of
 --backend-store-uri) without its password, which libpq reads from PGPASSWORD: no secret
 ever stands in argv, where any user could read it.
 """
@@ -13,22 +13,62 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 
 from tasks.libs.artifacts.location import s3_env, server_artifact_args
 from tasks.libs.core.credentials import store_uri_and_password_env
+from tasks.libs.core.errors import UserError
 from tasks.libs.core.settings import Settings
+from tasks.libs.core.venvs import ensure_venv, venvs_dir
 from tasks.libs.server.auth import auth_server_env
 
-STOCK_UVICORN_OPTS = "--http h11 --loop asyncio"
+# What the stock venv holds: MLflow at the release this project pins, and the PostgreSQL driver.
+STOCK_DRIVER = "psycopg2-binary"
+
+
+def stock_requirements() -> list[str]:
+    return [f"mlflow=={mlflow_pin()}", STOCK_DRIVER]
+
+
+def mlflow_pin() -> str:
+    """The MLflow release the tool runs (pyproject pins it): the one the stock venv installs too."""
+    return metadata.version("mlflow")
+
+
+def stock_venv(settings: Settings) -> Path:
+    """<venvs_dir>/stock-mlflow-<pin>: the plain install the bench measures ours against."""
+    return venvs_dir(settings) / f"stock-mlflow-{mlflow_pin()}"
+
+
+def ensure_stock_venv(settings: Settings, *, say: Callable[[str], None] = print) -> str:
+    """The stock venv's python, made once with `python -m venv` + `pip install mlflow==<pin> psycopg2-binary`."""
+    venv = stock_venv(settings)
+    return ensure_venv(
+        venv,
+        stock_requirements(),
+        log=venv.parent / f"{venv.name}.log",
+        what=f"stock MLflow {mlflow_pin()}",
+        say=say,
+    )
+
+
+def stock_command(settings: Settings) -> list[str]:
+    """`mlflow server --host H --port P`, as MLflow's docs start it, from the stock venv."""
+    mlflow = stock_venv(settings) / "bin" / "mlflow"
+    if not mlflow.is_file():
+        raise UserError(f"the stock MLflow venv {mlflow.parents[1]} is missing; `inv bench` builds it")
+    cfg = settings.server
+    return [str(mlflow), "server", "--host", cfg.host, "--port", str(cfg.port)]
 
 
 def server_command(settings: Settings, *, stock: bool = False, metrics_path: Path | None = None) -> list[str]:
     """metrics_path: the multiprocess folder when server.metrics is on (default: metrics_dir)."""
+    if stock:
+        return stock_command(settings)
     cfg = settings.server
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", cfg.host, "--port", str(cfg.port)]
-    if stock:
-        return cmd + ["--uvicorn-opts", STOCK_UVICORN_OPTS]
     cmd += ["--workers", str(cfg.workers), *server_artifact_args(settings), "--allowed-hosts", allowed_hosts(settings)]
     if cfg.metrics:
         cmd += ["--expose-prometheus", str(metrics_path or metrics_dir(settings))]
@@ -41,11 +81,17 @@ def server_command(settings: Settings, *, stock: bool = False, metrics_path: Pat
 
 def server_env(settings: Settings, *, stock: bool = False) -> dict[str, str]:
     """The server's environment: ours, plus what the settings add; the store URI travels here."""
-    if stock:  # nothing of ours: no MLFLOW_* variable of the caller's reaches a stock server
+    if stock:  # nothing of ours: no MLFLOW_* variable of the caller's, nor our venv, reaches a stock server
         store_uri, password_env = store_uri_and_password_env(settings)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("MLFLOW_") and k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")
+        }
         return {**env, "MLFLOW_BACKEND_STORE_URI": store_uri, **password_env}
-    return {**os.environ, **server_own_env(settings)}
+    own = server_own_env(settings)
+    env = {k: v for k, v in os.environ.items() if k != JOB_ENGINE_ENV}  # the engine is the settings' choice
+    return {**env, **own}
 
 
 def server_own_env(settings: Settings) -> dict[str, str]:
@@ -57,10 +103,24 @@ def server_own_env(settings: Settings) -> dict[str, str]:
     env = dict(settings.server.env)
     env.update(password_env)
     env["MLFLOW_BACKEND_STORE_URI"] = store_uri
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "true" if settings.server.job_execution else "false"
+    env.update(job_env(settings))
     env.update(s3_env(settings))
     if settings.server.auth.enabled:
         env.update(auth_server_env(settings))
+    return env
+
+
+JOB_ENGINE_ENV = "MLFLOW_SERVER_JOB_EXECUTION_ENGINE"
+
+
+def job_env(settings: Settings) -> dict[str, str]:
+    """Job execution on or off, and the engine: MLflow's own variables (unset engine = huey)."""
+    cfg = settings.server
+    if not cfg.job_execution:
+        return {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true"}
+    if cfg.job_engine == "executor":
+        env[JOB_ENGINE_ENV] = "executor"
     return env
 
 

@@ -34,6 +34,7 @@ class ServerSettings(StrictModel):
     port: int = Port
     workers: int = Field(ge=1, le=64)
     job_execution: bool
+    job_engine: Literal["executor", "huey"]
     allowed_hosts: list[str] | None
 
     @field_validator("workers", mode="before")

@@ -12,23 +12,22 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tasks.libs.core import venvs
 from tasks.libs.core.credentials import known_secrets
 from tasks.libs.core.errors import UserError
-from tasks.libs.core.processes import tail
 from tasks.libs.core.redact import redact
 from tasks.libs.core.settings import Settings
+from tasks.libs.core.venvs import venvs_dir
 from tasks.libs.lifecycle.internals.journal import journal_dir
 from tasks.libs.lifecycle.internals.sqlite_files import stamp
 
 VERSION = re.compile(r"^\d+\.\d+(\.\d+)?((a|b|rc)\d+)?$")
-READY = ".mlflow-ops-ready"
 
 # What an MLflow tells about its migrations; runs inside any MLflow's Python (no project code).
 INFO_CODE = r"""
@@ -79,11 +78,6 @@ def installed() -> Runtime:
     return Runtime(sys.executable, mlflow.__version__, chain(tracking_scripts()), chain(auth_scripts()))
 
 
-def venvs_dir(settings: Settings) -> Path:
-    configured = settings.lifecycle.venvs_dir
-    return Path(configured) if configured else settings.state_path / "venvs"
-
-
 def runtime_for(settings: Settings, version: str | None, *, say: Callable[[str], None] = print) -> Runtime:
     """The installed MLflow (version None or the installed one), else a private venv with that release."""
     mine = installed()
@@ -102,38 +96,16 @@ def runtime_for(settings: Settings, version: str | None, *, say: Callable[[str],
 
 def ensure_venv(settings: Settings, version: str, *, say: Callable[[str], None] = print) -> str:
     """<venvs_dir>/mlflow-VERSION/bin/python, installing it when missing (PyPI, about a minute)."""
-    venv = venvs_dir(settings) / f"mlflow-{version}"
-    python = venv / "bin" / "python"
-    if (venv / READY).is_file() and python.is_file():
-        return str(python)
-    shutil.rmtree(venv, ignore_errors=True)  # half-built by a killed or failed run
-    venv.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    log = logs_dir(settings) / f"venv-mlflow-{version}.log"
-    say(f"installing MLflow {version} into {venv} (once; about a minute) ...")
     requirements = [f"mlflow[auth]=={version}", "psycopg2-binary"]
     if int(version.split(".")[0]) < 3:
         requirements.append("sqlalchemy<2.1")  # MLflow 2.x declares sqlalchemy<3 but fails to import with 2.1
-    for cmd in (
-        [sys.executable, "-m", "venv", str(venv)],
-        # --no-compile: byte-compiling all of MLflow costs more than compiling what one command imports
-        [
-            str(python),
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--no-input",
-            "--no-compile",
-            *requirements,
-        ],
-    ):
-        with open(log, "a") as out:
-            result = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        if result.returncode != 0:
-            shutil.rmtree(venv, ignore_errors=True)
-            raise UserError(f"cannot install MLflow {version}: {_pip_reason(tail(log, 40))} (log: {log})")
-    (venv / READY).write_text(version + "\n")
-    return str(python)
+    return venvs.ensure_venv(
+        venvs_dir(settings) / f"mlflow-{version}",
+        requirements,
+        log=logs_dir(settings) / f"venv-mlflow-{version}.log",
+        what=f"MLflow {version}",
+        say=say,
+    )
 
 
 def logs_dir(settings: Settings) -> Path:
@@ -228,9 +200,3 @@ def _last_line(text: str) -> str:
         if re.search(r"(Error|Exception|error:|FAILED)", line):
             return line[:400]
     return lines[-1][:400] if lines else "no output"
-
-
-def _pip_reason(text: str) -> str:
-    """pip's own one-line reason (its last ERROR: line), e.g. 'No matching distribution found for ...'."""
-    errors = [line.strip() for line in text.splitlines() if line.strip().startswith("ERROR:")]
-    return errors[-1].removeprefix("ERROR: ") if errors else _last_line(text)

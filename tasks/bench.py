@@ -8,15 +8,17 @@ from invoke.exceptions import Exit
 
 from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 from tasks.libs.bench import report as bench_report
+from tasks.libs.bench import scale_report
 from tasks.libs.bench.cluster import cluster_table, run_cluster_bench, write_cluster_outputs
 from tasks.libs.bench.runner import BACKENDS, run_bench, stderr_progress
+from tasks.libs.bench.scale import load_scale_spec, run_scale
 from tasks.libs.bench.workload import load_spec
 from tasks.libs.core.errors import UserError
 from tasks.libs.reporting.formats import table
 
 RUN_HELP = {
     "backends": "comma-separated backends to bench (default sqlite,postgres)",
-    "preset": "workload preset from benchmarks/workload.yaml: quick (about 8 min on 2 cores) or full",
+    "preset": "preset from benchmarks/workload.yaml: quick (about 8 min on 2 cores), full, or scale (cost as the store grows: 10^4/10^5 runs, a 10^6-point metric, traces, a 1 GiB artifact; 30-40 min)",
     "out": "folder to write <timestamp>/ results into (default benchmarks/results)",
     "client_mode": "process (default) or thread: how the concurrent clients run",
     "target": "servers (default: each backend, tuned vs stock) or cluster: replicas behind HAProxy vs one server",
@@ -40,6 +42,16 @@ def run(
         names = list(dict.fromkeys(b.strip() for b in (backends or ",".join(BACKENDS)).split(",") if b.strip()))
         if unknown := [b for b in names if b not in BACKENDS]:
             raise UserError(f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}")
+        scale = load_scale_spec(preset or "quick")
+        if scale is not None:
+            per_backend = {name: settings_from(profile, config, backend=name).settings for name in names}
+            doc = run_scale(per_backend, spec=scale)
+    if scale is not None:
+        folder = scale_report.write_outputs(doc, out)
+        print(scale_report.terminal_report(doc))
+        print(f"\nresults: {folder}/ ({', '.join(scale_report.FILES)})")
+        return
+    with user_errors():
         spec = load_spec(preset or "quick")
         if (client_mode or "process") not in ("process", "thread"):
             raise UserError(f"--client-mode must be process or thread, not {client_mode!r}")

@@ -10,7 +10,7 @@ import pytest
 from tasks.libs.bench import report as bench_report
 from tasks.libs.bench.runner import run_bench
 from tasks.libs.bench.workload import OPS, load_spec
-from tests.support.settings import make_settings
+from tests.support.settings import STOCK_VENVS, make_settings
 
 
 def tiny_spec():
@@ -36,7 +36,9 @@ def bench(tmp_path_factory):
     messages: list[str] = []
     # only read for their settings: the bench runs in state dirs of its own under /tmp
     state = tmp_path_factory.mktemp("settings")
-    per_backend = {b: make_settings(state, backend=b) for b in ("sqlite", "postgres")}
+    per_backend = {
+        b: make_settings(state, backend=b, **{"lifecycle.venvs_dir": STOCK_VENVS}) for b in ("sqlite", "postgres")
+    }
     doc = run_bench(per_backend, spec=tiny_spec(), progress=messages.append)
     out = bench_report.write_outputs(doc, tmp_path_factory.mktemp("results"))
     yield doc, out, messages
@@ -53,7 +55,7 @@ def test_every_output_file_is_written(bench):
     with open(out / "results.csv") as fh:
         assert len(list(csv.DictReader(fh))) == len(doc["cells"])
     md = (out / "report.md").read_text()
-    for heading in ("## Environment", "## Set-ups", "## Targets", "## Timings", "## MLflow vs raw", "h11"):
+    for heading in ("## Environment", "## Set-ups", "## Targets", "## Timings", "## MLflow vs raw", "## Packages"):
         assert heading in md
     assert any("rep 2/2" in m for m in messages)
 
@@ -68,6 +70,7 @@ def test_every_cell_has_sane_numbers(bench):
         assert cell["n"] >= 2, key  # 2 repetitions (x clients)
         assert 0 < cell["p50_ms"] <= cell["p95_ms"] <= cell["p99_ms"] <= cell["max_ms"] < 120_000, key
         assert cell["throughput"] > 0, key
+        assert 0 < cell["server_cpu_ms"] < 60_000, key  # the server's group CPU over the phase / calls
     assert cells[("sqlite", "tuned", 8, "log_metric")]["n"] == 2 * 8 * 4
 
 
@@ -91,8 +94,17 @@ def test_ratios_targets_raw_and_environment(bench):
     env = doc["environment"]
     assert env["sqlite_journal_mode_tuned"] == "wal" and env["sqlite_journal_mode_stock"] != "wal"
     assert env["postgres"][0].isdigit() and env["mlflow"] and env["cpu_count"] >= 1
+    assert env["kernel"] and env["cpu_model"]
     stock = next(s for s in doc["setups"] if s["setup"] == "stock" and s["backend"] == "postgres")
-    assert "--http h11" in stock["command"] and "***" in stock["store"]
+    assert stock["command"].startswith("<venvs>/stock-mlflow-") and "***" in stock["store"]
+    assert stock["command"].split(" ", 1)[1].startswith("server --host 127.0.0.1 --port ")
+    assert "--workers" not in stock["command"] and not stock["env"]  # every MLflow default
+    tuned = next(s for s in doc["setups"] if s["setup"] == "tuned" and s["backend"] == "postgres")
+    assert tuned["env"]["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "true"  # jobs on for both set-ups
+    packages = {k: {line.split("==")[0].lower() for line in v} for k, v in doc["packages"].items()}
+    assert {"mlflow", "psycopg2-binary", "huey"} <= packages["stock"] and "httptools" not in packages["stock"]
+    assert {"mlflow", "httptools", "uvloop"} <= packages["tuned"]
     rows = bench_report.compare(bench_report.load_results(out), bench_report.load_results(out))
     assert rows and all(r[6] in ("1.00", "-") for r in rows)
     assert "stock/tuned p50" in bench_report.terminal_report(doc)
+    assert "srv CPU ms/call" in bench_report.terminal_report(doc)

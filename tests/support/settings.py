@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +14,10 @@ from tasks.libs.core.processes import free_port
 from tasks.libs.core.settings import Settings, load_settings
 from tasks.libs.core.state import STATE_DIR_MODE
 from tasks.libs.server.control import start_server, stop_server
+
+# Where tests keep private venvs that outlive a session (the bench's stock MLflow: a plain
+# `pip install mlflow==<pin> psycopg2-binary`, about a minute to build, reused while whole).
+STOCK_VENVS = os.environ.get("MLFLOW_OPS_TEST_VENVS", "/tmp/mlflow-ops-test-venvs")
 
 # A password with every character that breaks naive URI building.
 PG_PASSWORD = "p@ss:w#rd%/?&="

@@ -34,10 +34,14 @@ def ensure_venv(
     log: Path,
     what: str,
     say: Callable[[str], None] = print,
+    compile_bytecode: bool = False,
 ) -> str:
     """venv/bin/python, installing `requirements` into a new venv when it is missing or half-built.
 
-    --no-compile: byte-compiling all of MLflow costs more than compiling what one command imports.
+    By default --no-compile: byte-compiling all of MLflow costs more than compiling what one command
+    imports. compile_bytecode=True installs as a plain `pip install` does (a server whose workers
+    all compile MLflow at once on a busy machine miss uvicorn's 5 s worker health check and are
+    restarted, over and over).
     """
     python = venv / "bin" / "python"
     if (venv / READY).is_file() and python.is_file():
@@ -45,7 +49,7 @@ def ensure_venv(
     shutil.rmtree(venv, ignore_errors=True)  # half-built by a killed or failed run
     venv.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     log.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    say(f"installing {what} into {venv} (once; about a minute) ...")
+    say(f"installing {what} into {venv} (once; a minute or more) ...")
     for cmd in (
         [sys.executable, "-m", "venv", str(venv)],
         [
@@ -55,7 +59,7 @@ def ensure_venv(
             "install",
             "--disable-pip-version-check",
             "--no-input",
-            "--no-compile",
+            *([] if compile_bytecode else ["--no-compile"]),
             *requirements,
         ],
     ):

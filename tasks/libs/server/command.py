@@ -51,6 +51,7 @@ def ensure_stock_venv(settings: Settings, *, say: Callable[[str], None] = print)
         log=venv.parent / f"{venv.name}.log",
         what=f"stock MLflow {mlflow_pin()}",
         say=say,
+        compile_bytecode=True,  # what a plain `pip install` does
     )
 
 

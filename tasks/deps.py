@@ -17,16 +17,22 @@ CLUSTER_PACKAGES = {
     "pgbouncer": "pgbouncer",
     "prometheus": "promtool",  # only promtool is used; the package brings the server too
     "prometheus-postgres-exporter": "prometheus-postgres-exporter",
+    "redis-server": "redis-server",  # MLflow's job queues across the cluster's replicas
 }
 # Where Debian's own services of those packages listen when systemd starts them after the
 # install; the tool never uses these ports and never touches those services.
-SYSTEM_SERVICE_PORTS = {6432: "pgbouncer", 9090: "prometheus", 9187: "prometheus-postgres-exporter"}
+SYSTEM_SERVICE_PORTS = {
+    6379: "redis-server",
+    6432: "pgbouncer",
+    9090: "prometheus",
+    9187: "prometheus-postgres-exporter",
+}
 
 
 def missing_packages() -> list[str]:
     """Debian packages still needed: PostgreSQL server binaries, Chromium for the UI check, systemd
     for `systemd-analyze verify` on exported units (a fresh Debian container lacks it), and HAProxy,
-    PgBouncer, promtool and postgres_exporter for the cluster and its monitoring."""
+    PgBouncer, promtool, postgres_exporter and Redis for the cluster and its monitoring."""
     missing = []
     if find_binaries(None) is None:
         missing.append("postgresql")
@@ -40,7 +46,7 @@ def missing_packages() -> list[str]:
 
 @task(help={"dry_run": "only print what would be installed"})
 def deps(c, dry_run=False):
-    """Install PostgreSQL server binaries, Chromium, systemd-analyze, HAProxy, PgBouncer and Prometheus tools when missing."""
+    """Install PostgreSQL server binaries, Chromium, systemd-analyze, HAProxy, PgBouncer, Prometheus tools and Redis when missing."""
     missing = missing_packages()
     if not missing:
         print(

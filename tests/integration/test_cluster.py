@@ -1,6 +1,6 @@
 """A whole cluster on the session's PostgreSQL, started once for the module: 2 replicas (2 workers,
 metrics on) behind HAProxy, PgBouncer, a synchronous streaming standby as read replica, the
-embedded S3 in proxied mode and postgres_exporter."""
+embedded S3 in proxied mode, postgres_exporter and Redis for MLflow's jobs."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from tasks.libs.monitoring.prometheus import promtool_check
 from tasks.libs.postgres.connection import connect
 from tests.support.cli import pid_files, processes_in
 from tests.support.cluster import cluster_settings, log_through, stored_steps
+from tests.support.jobs import job_server_env, submit_add, wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +40,7 @@ def cluster(pg_settings):
             "artifacts.store": "s3",
             "server.metrics": True,
             "monitoring.postgres_exporter.enabled": True,
+            "server.env": job_server_env(),
         },
     )
     lines: list[str] = []
@@ -204,3 +206,14 @@ def test_prometheus_files_scrape_every_replica_and_pass_promtool(cluster):
     with urllib.request.urlopen(f"http://127.0.0.1:{settings.cluster.lb.stats_port}/metrics") as resp:
         assert 'haproxy_server_status{proxy="replicas",server="r1",state="UP"} 1' in resp.read().decode()
     assert Haproxy(settings).states()["r0"]["status"] == "UP"
+
+
+def test_jobs_submitted_through_the_load_balancer_run_on_the_shared_redis(cluster):
+    """Jobs are on by default: every replica runs huey on the cluster's Redis, and a job submitted
+    through HAProxy (round robin: both replicas take submissions) runs to its result."""
+    settings, result, lines = cluster
+    assert any(line.startswith("Redis on ") for line in lines)
+    assert "answers PING" in cluster_status(settings)["info"]["redis"]
+    ids = [submit_add(result.url, x, 10) for x in range(4)]
+    done = [wait_for_job(result.url, job_id, timeout=240) for job_id in ids]
+    assert [(j["status"], j["result"]) for j in done] == [("SUCCEEDED", x + 10) for x in range(4)]

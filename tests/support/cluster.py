@@ -29,6 +29,7 @@ def cluster_settings(
         "cluster.lb.stats_port": free_port(),
         "cluster.pgbouncer.port": free_port(),
         "cluster.read_replica.port": free_port(),
+        "cluster.redis.port": free_port(),
         "monitoring.postgres_exporter.port": free_port(),
         "artifacts.s3.port": free_port(),
         "artifacts.artifacts_server.port": free_port(),

@@ -135,3 +135,30 @@ def test_full_checks_cluster_runs_on_its_own_ports_database_and_postgres(tmp_pat
     defaults = {3120, 3121, 3122, 3129, 3116, 3117, 3115, 3114, 3128}
     taken = {port for _, port in ports_in_use(isolated)}
     assert not taken & defaults, "full-check's cluster must not touch a user's cluster ports"
+
+
+def test_replicas_run_huey_on_the_shared_redis_with_periodic_tasks_on_r0_only(tmp_path):
+    from tasks.libs.cluster.plan import replica_plans
+    from tasks.libs.cluster.redis import replica_job_env
+
+    settings = make_settings(tmp_path, backend="postgres", **{"cluster.redis.port": 4555})
+    r0, r1 = replica_plans(settings)[:2]
+    base = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true", "MLFLOW_SERVER_JOB_EXECUTION_ENGINE": "executor"}
+    first, second = replica_job_env(settings, r0, base), replica_job_env(settings, r1, base)
+    assert (
+        first["MLFLOW_SERVER_JOB_HUEY_REDIS_URL"]
+        == second["MLFLOW_SERVER_JOB_HUEY_REDIS_URL"]
+        == ("redis://127.0.0.1:4555/0")
+    )
+    assert (first["MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS"], second["MLFLOW_SERVER_JOB_ENABLE_PERIODIC_TASKS"]) == (
+        "true",
+        "false",
+    )
+    assert "MLFLOW_SERVER_JOB_EXECUTION_ENGINE" not in first  # the executor engine is single-replica
+    off = make_settings(tmp_path, backend="postgres", **{"cluster.redis.enabled": False})
+    assert replica_job_env(off, r0, base)["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+
+
+def test_the_redis_port_takes_part_in_the_port_collision_check(tmp_path):
+    with pytest.raises(ConfigError, match="cluster.redis.port and server.port are both port 3111"):
+        make_settings(tmp_path, **{"cluster.redis.port": 3111, "server.port": 3111})

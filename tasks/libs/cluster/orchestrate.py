@@ -1,6 +1,7 @@
 """`cluster.up`, `cluster.down` and `cluster.status`: the pieces started and stopped in the order that works.
 
-up:   the standby (then synchronous), PgBouncer, the artifact services, replica 0 alone (it
+up:   the standby (then synchronous), PgBouncer, the artifact services, Redis (MLflow's job
+      queues, when jobs are on), replica 0 alone (it
       may create the schema), the other replicas together, HAProxy (until it sees every
       replica UP), postgres_exporter, the Prometheus files checked with promtool.
       Idempotent: what runs and answers is reused, a dead replica is started again on its port.
@@ -27,6 +28,7 @@ from tasks.libs.cluster.plan import (
     replica_plans,
     require_cluster_backend,
 )
+from tasks.libs.cluster.redis import Redis, needs_redis
 from tasks.libs.cluster.replicas import (
     MAX_OVERFLOW,
     POOL_SIZE,
@@ -78,6 +80,8 @@ def cluster_up(settings: Settings, *, say: Say = print) -> UpResult:
         route = StoreRoute(route.host, route.port, route.read_replica_port, _pool_env(settings, say))
     for line in start_artifact_services(settings, "cluster"):
         say(line)
+    if needs_redis(settings):
+        say(Redis(settings).start())
 
     plans = replica_plans(settings)
     for extra in [p for p in recorded_replicas(settings) if p.index >= cfg.replicas]:
@@ -123,6 +127,7 @@ def cluster_down(settings: Settings, *, wipe: bool = False) -> list[str]:
     plans = recorded_replicas(settings)
     with ThreadPoolExecutor(max(1, len(plans))) as pool:
         done += list(pool.map(lambda p: stop_replica(settings, p), plans))
+    done.append(Redis(settings).stop())
     done.append(PostgresExporter(settings).stop())
     done.append(PgBouncer(settings).stop())
     standby = _standby_if_any(settings)
@@ -186,6 +191,7 @@ def cluster_status(settings: Settings) -> dict[str, Any]:
     if standby:
         info.update(standby.status())
     info.update(artifact_services_status(settings))
+    info.update(Redis(settings).status())
     exporter = PostgresExporter(settings).running()
     if exporter:
         info["postgres_exporter"] = f"127.0.0.1:{exporter.port} (pid {exporter.pid})"
@@ -211,6 +217,9 @@ def _preflight(settings: Settings) -> None:
         require_program("pgbouncer", "pgbouncer")
     if settings.server.metrics:
         require_module("prometheus_flask_exporter", "server.metrics")
+    if needs_redis(settings):
+        require_program("redis-server", "redis-server")
+        require_module("redis", "MLflow's jobs on Redis (cluster.redis)")
     if settings.monitoring.postgres_exporter.enabled:
         require_program("prometheus-postgres-exporter", "prometheus-postgres-exporter")
     problem = check_reachable(settings)

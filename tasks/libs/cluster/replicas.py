@@ -20,6 +20,7 @@ import psutil
 from sqlalchemy.engine import make_url
 
 from tasks.libs.cluster.plan import ReplicaPlan
+from tasks.libs.cluster.redis import replica_job_env
 from tasks.libs.core.credentials import backend_store_uri, known_secrets, store_uri_and_password_env
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.processes import group_members, port_holder, port_is_free, start_group, stop_group, tail
@@ -114,7 +115,7 @@ def replica_env(settings: Settings, plan: ReplicaPlan, route: StoreRoute) -> dic
         # the standby on the primary's host: reads that may lag (see cluster.read_replica.synchronous)
         read = url.set(port=route.read_replica_port).render_as_string(hide_password=False)
         env["MLFLOW_READ_REPLICA_BACKEND_STORE_URI"] = read
-    return env
+    return replica_job_env(settings, plan, env)
 
 
 def replica_state(plan: ReplicaPlan) -> ReplicaState:

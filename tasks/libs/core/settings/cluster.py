@@ -53,6 +53,13 @@ class ReadReplicaSettings(StrictModel):
         return value
 
 
+class RedisSettings(StrictModel):
+    enabled: bool
+    host: str
+    port: int = Port
+    maxmemory_mb: int = Field(ge=16)
+
+
 class ClusterSettings(StrictModel):
     replicas: int = Field(ge=1, le=16)
     host: str
@@ -62,6 +69,7 @@ class ClusterSettings(StrictModel):
     lb: LoadBalancerSettings
     pgbouncer: PgBouncerSettings
     read_replica: ReadReplicaSettings
+    redis: RedisSettings
 
     @model_validator(mode="after")
     def _ports_fit(self) -> ClusterSettings:

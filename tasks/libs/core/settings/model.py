@@ -71,6 +71,8 @@ def ports_in_use(settings: Settings) -> list[tuple[str, int]]:
         found.append(("cluster.pgbouncer.port", cluster.pgbouncer.port))
     if cluster.read_replica.enabled:
         found.append(("cluster.read_replica.port", cluster.read_replica.port))
+    if cluster.redis.enabled:
+        found.append(("cluster.redis.port", cluster.redis.port))
     if settings.monitoring.postgres_exporter.enabled:
         found.append(("monitoring.postgres_exporter.port", settings.monitoring.postgres_exporter.port))
     return found

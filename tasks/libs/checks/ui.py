@@ -42,7 +42,9 @@ def usable_browser(browser: str | None) -> str:
     return browser
 
 
-def open_and_find(page_url: str, run_name: str, browser_path: str, screenshot: Path) -> float:
+def open_and_find(
+    page_url: str, run_name: str, browser_path: str, screenshot: Path, *, timeout_ms: int = FIND_TIMEOUT_MS
+) -> float:
     """Load page_url, wait until run_name is visible, save a screenshot; return the load time.
 
     A page that never shows the run still gets its screenshot: it is the best clue to why.
@@ -60,17 +62,17 @@ def open_and_find(page_url: str, run_name: str, browser_path: str, screenshot: P
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             start = time.perf_counter()
             try:
-                response = page.goto(page_url, wait_until="domcontentloaded", timeout=FIND_TIMEOUT_MS)
+                response = page.goto(page_url, wait_until="domcontentloaded", timeout=timeout_ms)
             except PlaywrightError as exc:
                 raise CheckFailed(f"browser could not open {page_url}: {_first_line(exc)}") from None
             if response is not None and not response.ok:
                 raise CheckFailed(f"{page_url} answered HTTP {response.status}")
             try:
-                page.get_by_text(run_name, exact=True).first.wait_for(state="visible", timeout=FIND_TIMEOUT_MS)
+                page.get_by_text(run_name, exact=True).first.wait_for(state="visible", timeout=timeout_ms)
             except PlaywrightTimeout:
                 _save(page, screenshot)
                 raise CheckFailed(
-                    f"run {run_name} not shown on the experiment page within {FIND_TIMEOUT_MS // 1000} s "
+                    f"run {run_name} not shown on the experiment page within {timeout_ms // 1000} s "
                     f"(see {screenshot.name})"
                 ) from None
             seconds = time.perf_counter() - start

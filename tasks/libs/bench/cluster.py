@@ -28,13 +28,14 @@ from tasks.libs.bench.workload import OPS, ClientPool, WorkloadSpec, prepare_exp
 from tasks.libs.cluster.haproxy import Haproxy
 from tasks.libs.cluster.orchestrate import cluster_down, cluster_up
 from tasks.libs.cluster.plan import replica_plans
-from tasks.libs.cluster.replicas import replica_state
-from tasks.libs.core.processes import free_port, free_ports_in_a_row, group_members
+from tasks.libs.cluster.replicas import replica_process
+from tasks.libs.core.managed import ManagedProcess
+from tasks.libs.core.processes import free_port, free_ports_in_a_row
 from tasks.libs.core.settings import Settings
 from tasks.libs.postgres.connection import recreate_database
 from tasks.libs.postgres.providers import provider_for
 from tasks.libs.reporting.formats import number, table
-from tasks.libs.server.control import running_record, start_server, stop_server
+from tasks.libs.server.control import server_process, start_server, stop_server
 
 TARGETS = ("single", "cluster")
 
@@ -145,17 +146,13 @@ def _isolate(base: Settings, state: Path, password: str, pg_port: int, database:
 
 def _rss_mb(settings: Settings, target: str) -> int:
     """Resident memory of everything the target runs (server groups, HAProxy), in MB."""
-    pgids = []
     if target == "single":
-        record = running_record(settings)
-        pgids = [record.pgid] if record else []
+        processes: list[ManagedProcess] = [server_process(settings)]
     else:
-        pgids = [s.record.pgid for s in map(replica_state, replica_plans(settings)) if s.record]
-        lb = Haproxy(settings).running()
-        pgids += [lb.pgid] if lb else []
+        processes = [*(replica_process(settings, p) for p in replica_plans(settings)), Haproxy(settings).process]
     total = 0
-    for pgid in pgids:
-        for proc in group_members(pgid):
+    for process in processes:
+        for proc in process.members():
             try:
                 total += proc.memory_info().rss
             except psutil.Error:

@@ -82,7 +82,7 @@ def cluster_up(settings: Settings, *, say: Say = print) -> UpResult:
     plans = replica_plans(settings)
     for extra in [p for p in recorded_replicas(settings) if p.index >= cfg.replicas]:
         say(stop_replica(settings, extra) + " (beyond cluster.replicas)")
-    down = [p for p in plans if not replica_state(p).healthy]
+    down = [p for p in plans if not replica_state(settings, p).healthy]
     started = [p.name for p in down]
     for plan in plans:
         if plan not in down:
@@ -146,7 +146,7 @@ def cluster_status(settings: Settings) -> dict[str, Any]:
     plans = {p.name: p for p in [*replica_plans(settings), *recorded_replicas(settings)]}
     rows = []
     for plan in sorted(plans.values(), key=lambda p: p.index):
-        state = replica_state(plan)
+        state = replica_state(settings, plan)
         seen = lb_states.get(plan.name, {})
         if not state.record and not seen:
             continue

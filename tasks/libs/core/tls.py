@@ -28,7 +28,7 @@ import ipaddress
 import os
 import socket
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -415,3 +415,34 @@ def _locked(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def trust_bundle(all_settings: list[Settings], path: Path) -> Path | None:
+    """One file with the CA of every TLS server among all_settings (made now when missing), for
+    clients that talk to several (the bench); None when none serves TLS or all use the system store."""
+    cas: list[bytes] = []
+    for settings in all_settings:
+        if settings.server.tls.enabled or cluster_tls(settings):
+            files, _ = ensure_tls(settings)
+            if files.ca:
+                cas.append(files.ca.read_bytes().rstrip(b"\n") + b"\n")
+    if not cas:
+        return None
+    write_file(path, b"".join(dict.fromkeys(cas)), 0o644)
+    return path
+
+
+def trust_for_clients(ca: Path | None) -> Callable[[], None]:
+    """Set MLFLOW_TRACKING_SERVER_CERT_PATH for this process and the clients it spawns from now on;
+    returns what restores the previous value."""
+    before = os.environ.get(CERT_PATH_ENV)
+    if ca is not None:
+        os.environ[CERT_PATH_ENV] = str(ca)
+
+    def restore() -> None:
+        if before is None:
+            os.environ.pop(CERT_PATH_ENV, None)
+        else:
+            os.environ[CERT_PATH_ENV] = before
+
+    return restore

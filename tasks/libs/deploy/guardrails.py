@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+from urllib.parse import urlsplit
 
 from tasks.libs.core.errors import ConfigError
 from tasks.libs.core.settings import Settings
@@ -149,7 +150,7 @@ def _hosts(settings: Settings, fmt: str) -> list[str]:
             f"Host header behind a proxy or ingress; add {public!r} to server.allowed_hosts"
         ]
     gc = settings.deploy.gc
-    local = settings.server.url.removeprefix("http://")
+    local = urlsplit(settings.server.url).netloc
     if fmt == "systemd" and gc.enabled and facts.gc_needs_server(settings) and not host_allowed(patterns, local):
         return [
             f"server.allowed_hosts does not cover {local!r}, where mlflow gc on the server's host reaches it; "

@@ -26,6 +26,7 @@ from tasks.libs.core.processes import (
 )
 from tasks.libs.core.redact import redact
 from tasks.libs.core.settings import Settings
+from tasks.libs.core.tls import client_ca
 from tasks.libs.core.waits import wait_ready
 from tasks.libs.server.probes import health
 
@@ -135,7 +136,7 @@ class ArtifactsServer:
         def probe() -> str | None:
             if proc.poll() is not None:
                 raise UserError("the artifacts server exited during start-up")
-            return None if health(self.url) else "/health does not answer"
+            return None if health(self.url, ca=client_ca(self.settings)) else "/health does not answer"
 
         try:
             wait_ready(probe, timeout=self.settings.server.start_timeout, what="the artifacts server")

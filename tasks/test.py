@@ -42,6 +42,8 @@ SECURITY_HELP = {
     "profile": PROFILE_HELP,
     "config": CONFIG_HELP,
     "backend": "sqlite or postgres: whose local files, processes and PostgreSQL the exposure probes look at",
+    "ca": "CA file an https server's certificate is verified with (default: the tool's own CA for its own "
+    "server or load balancer, else MLFLOW_TRACKING_SERVER_CERT_PATH, else the system's trust store)",
 }
 PYTEST_HELP = {"args": 'extra arguments for pytest, e.g. "-k registry -x"'}
 
@@ -94,11 +96,14 @@ def deployment(
 
 
 @task(help=SECURITY_HELP)
-def security(c, url=None, allow_writes=False, report_dir=None, profile=None, config=None, backend=None):
+def security(c, url=None, allow_writes=False, report_dir=None, profile=None, config=None, backend=None, ca=None):
     """Probe a live MLflow server for the holes MLflow servers have had; exit non-zero if any probe fails."""
     settings = settings_from(profile, config, backend=backend).settings
+    ca_file = _ca_flag(ca)
     with user_errors():
-        target = target_from_settings(settings, url=url, allow_writes=allow_writes)
+        target = target_from_settings(
+            settings, url=url, allow_writes=allow_writes, ca=str(ca_file) if ca_file else None
+        )
     out_dir = _report_dir(report_dir, settings, "security")
     print(f"probing {target.url}; report in {out_dir}")
     for note in target.notes:

@@ -4,6 +4,7 @@ refusing clients that do not trust it, and keeping its keys out of every log, re
 
 from __future__ import annotations
 
+import datetime as dt
 import http.client
 import re
 import shutil
@@ -19,9 +20,12 @@ from tasks.libs.checks.runner import all_checks, run_checks
 from tasks.libs.checks.ui import open_and_find
 from tasks.libs.core import tls
 from tasks.libs.core.settings import Settings, load_settings
-from tasks.libs.reporting.records import FAIL, CheckFailed
+from tasks.libs.reporting.records import FAIL, PASS, CheckFailed
+from tasks.libs.security.suite import all_probes, run_security
+from tasks.libs.security.target import Target
 from tests.support.cli import hermetic_env, inv
 from tests.support.settings import make_state_dir
+from tests.support.tls import https_server as serving
 
 pytestmark = pytest.mark.integration
 CHROMIUM = "/usr/bin/chromium"
@@ -103,6 +107,43 @@ def test_the_browser_refuses_a_certificate_its_ca_did_not_sign(https_server, tmp
     other_ca.write_bytes(tls.cert_pem(other))
     with pytest.raises(CheckFailed, match="ERR_CERT_AUTHORITY_INVALID"):
         open_and_find(f"{https_server.url}/", "no-such-run", CHROMIUM, tmp_path / "shot.png", ca_file=str(other_ca))
+
+
+def test_the_security_probes_pass_over_https_with_the_tools_ca(https_server, tmp_path):
+    server = https_server
+    done = inv("test.security", "--ca", str(server.ca), "--report-dir", str(tmp_path), env=server.env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"\d+\. plain HTTP: PASS", done.stdout) and re.search(r"\d+\. certificate: PASS", done.stdout)
+    report = (tmp_path / "report.json").read_text()
+    assert f"verified with {server.ca}" in report and "speak only TLS" in report
+
+
+def _probe(url: str, ca: Path, name: str):
+    target = Target(url=url, ca_file=str(ca), timeout=5)
+    (result,) = run_security(target, probes=[p for p in all_probes() if p.name == name]).checks
+    return result
+
+
+def test_an_expired_a_wrong_host_or_a_foreign_certificate_fails_the_certificate_probe(tmp_path):
+    ca, ca_key = tls.make_ca("test CA")
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_bytes(tls.cert_pem(ca))
+    past = tls._now() - dt.timedelta(days=30)
+    other, other_key = tls.make_ca("another CA")
+    cases = {
+        "good": (tls.issue(ca, ca_key, ["localhost", "127.0.0.1"]), PASS, "verified with"),
+        "expired": (tls.issue(ca, ca_key, ["127.0.0.1"], days=10, not_before=past), FAIL, "expired on"),
+        "wrong host": (
+            tls.issue(ca, ca_key, ["mlflow.example.com"]),
+            FAIL,
+            "made for mlflow.example.com, not 127.0.0.1",
+        ),
+        "foreign CA": (tls.issue(other, other_key, ["127.0.0.1"]), FAIL, "not accepted by a client trusting"),
+    }
+    for case, ((cert, key), status, reason) in cases.items():
+        with serving(cert, key) as port:
+            result = _probe(f"https://127.0.0.1:{port}", ca_file, "certificate")
+        assert (result.status, reason in result.reason) == (status, True), (case, result.reason)
 
 
 def test_keys_are_private_and_never_in_a_log_a_report_or_argv(https_server):

@@ -35,6 +35,11 @@ def problems(settings: Settings, fmt: str) -> list[str]:
         )
     if fmt == "helm":
         out += _helm_volume(settings)
+        if settings.server.tls.enabled and not deploy.public_host:
+            out.append(
+                "server.tls on Helm is the ingress's TLS for deploy.public_host, which is null; set "
+                "deploy.public_host to the name clients use (or server.tls.enabled: false)"
+            )
     out += _auth_database(settings, db)
     if db is not None:
         out += _connection_budget(settings)

@@ -22,7 +22,7 @@ GOLDEN_PATHS = {
     "server.workers": 2,
 }
 # name -> (profile, extra settings): the two profiles, ci on PostgreSQL (Compose runs its own), prod with TLS.
-GOLDEN_CASES = {
+GOLDEN_CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "ci": ("ci", {}),
     "prod": ("prod", {}),
     "ci-postgres": ("ci", {"backend": "postgres"}),

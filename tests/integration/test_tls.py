@@ -42,8 +42,10 @@ class HttpsServer:
 
 @pytest.fixture(scope="module")
 def https_server():
-    state = make_state_dir()
-    env = hermetic_env(state, server__tls__enabled="true", server__workers="1")
+    state, config_dir = make_state_dir(), make_state_dir()
+    # the config file lives apart: a 0644 file in the state dir would fail the file-modes probe
+    env = hermetic_env(config_dir, server__tls__enabled="true", server__workers="1")
+    env["MLFLOW_OPS_STATE_DIR"] = str(state)
     try:
         started = inv("server.start", env=env)
         assert started.returncode == 0, started.stdout + started.stderr
@@ -55,6 +57,7 @@ def https_server():
         stopped = inv("server.stop", env=env)
         assert stopped.returncode == 0, stopped.stderr
         shutil.rmtree(state, ignore_errors=True)
+        shutil.rmtree(config_dir, ignore_errors=True)
 
 
 def test_start_serves_https_with_a_private_ca_and_status_says_where_it_is(https_server):

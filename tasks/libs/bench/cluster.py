@@ -27,11 +27,12 @@ from tasks.libs.bench.stats import cell_stats, ratio
 from tasks.libs.bench.workload import OPS, ClientPool, WorkloadSpec, prepare_experiments, run_workload
 from tasks.libs.cluster.haproxy import Haproxy
 from tasks.libs.cluster.orchestrate import cluster_down, cluster_up
-from tasks.libs.cluster.plan import replica_plans
+from tasks.libs.cluster.plan import lb_url, replica_plans
 from tasks.libs.cluster.replicas import replica_process
 from tasks.libs.core.managed import ManagedProcess
 from tasks.libs.core.processes import free_port, free_ports_in_a_row
 from tasks.libs.core.settings import Settings
+from tasks.libs.core.tls import trust_bundle, trust_for_clients
 from tasks.libs.postgres.connection import recreate_database
 from tasks.libs.postgres.providers import provider_for
 from tasks.libs.reporting.formats import number, table
@@ -52,6 +53,7 @@ def run_cluster_bench(
     cluster = _isolate(base, root / "cluster", password, pg_port, "mlflow_bench_cluster", replicas)
     db = provider_for(single)
     pool: ClientPool | None = None
+    restore_trust = trust_for_clients(trust_bundle([single, cluster], root / "ca-bundle.pem"))
     reps: dict[tuple[str, int, str], list[dict]] = {}
     memory: dict[str, int] = {}
     try:
@@ -69,7 +71,7 @@ def run_cluster_bench(
             single_started.result()
             cluster_started.result()
             pool = pool_future.result()
-        urls = {"single": single.server.url, "cluster": f"http://127.0.0.1:{cluster.cluster.lb.port}"}
+        urls = {"single": single.server.url, "cluster": lb_url(cluster)}
         experiments = {t: prepare_experiments(urls[t], spec, label=t) for t in TARGETS}
         for t in TARGETS:  # untimed: warm every worker and connection
             run_workload(urls[t], spec, clients=spec.warmup_clients, pool=pool, ops=spec.warmup,
@@ -95,6 +97,7 @@ def run_cluster_bench(
         stop_server(single)
         cluster_down(cluster, wipe=True)
         db.stop()
+        restore_trust()
         shutil.rmtree(root, ignore_errors=True)
         progress("")
     cells = {key: cell_stats(r) for key, r in reps.items()}

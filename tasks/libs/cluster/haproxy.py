@@ -12,6 +12,11 @@ Facts this relies on (measured here):
   `option redispatch`), so nothing is sent twice.
 - `haproxy -c`'s useful line names file:line ("parsing [cfg:2] : ..."); the last only says
   "Fatal errors found in configuration".
+- With cluster.tls the frontend is `bind ... ssl crt <pem>` (the pem holds certificate and key,
+  0600, in <state_dir>/secrets/tls; only its path is in the config). A plain-HTTP client on that
+  port gets its connection closed without an answer: nothing serves plain HTTP there, so nothing
+  (a password in an Authorization header) is ever sent in clear to be redirected. The replicas
+  behind it stay plain HTTP on cluster.host (loopback by default).
 """
 
 from __future__ import annotations
@@ -37,6 +42,14 @@ from tasks.libs.core.waits import wait_until
 BACKEND = "replicas"
 
 
+@dataclass(frozen=True)
+class FrontendTls:
+    """The pem HAProxy serves, and its certificate's fingerprint (a renewed one restarts HAProxy)."""
+
+    pem: Path
+    fingerprint: str
+
+
 @dataclass
 class HaproxyRecord(ProcessRecord):
     port: int
@@ -44,15 +57,20 @@ class HaproxyRecord(ProcessRecord):
     config_sha: str  # the config it runs: a different one means a restart
 
 
-def render(settings: Settings, plans: list[ReplicaPlan], sock: Path) -> str:
+def render(settings: Settings, plans: list[ReplicaPlan], sock: Path, tls: FrontendTls | None = None) -> str:
     """The whole config; regenerated on every start."""
     lb = settings.cluster.lb
     fastinter = max(100, lb.check_interval_ms // 4)
+    bind = f"    bind {lb.host}:{lb.port}"
+    if tls:
+        bind += f" ssl crt {tls.pem} alpn http/1.1"
     lines = [
         "# written by mlflow-ops cluster.up; regenerated on every start",
+        *([f"# certificate sha256 {tls.fingerprint}"] if tls else []),
         "global",
         "    maxconn 2000",
         f"    stats socket {sock} mode 600 level admin",
+        *(["    ssl-default-bind-options ssl-min-ver TLSv1.2 no-tls-tickets"] if tls else []),
         "",
         "defaults",
         "    mode http",
@@ -64,7 +82,8 @@ def render(settings: Settings, plans: list[ReplicaPlan], sock: Path) -> str:
         f"    retry-on {lb.retry_on}",
         "",
         "frontend mlflow",
-        f"    bind {lb.host}:{lb.port}",
+        bind,
+        *(["    http-request set-header X-Forwarded-Proto https"] if tls else []),
         f"    default_backend {BACKEND}",
         "",
         f"backend {BACKEND}",
@@ -110,9 +129,9 @@ class Haproxy:
             "haproxy", pid_file=self.root / "haproxy.pid", log_file=self.root / "haproxy.log", record=HaproxyRecord
         )
 
-    def ensure(self, plans: list[ReplicaPlan]) -> str:
+    def ensure(self, plans: list[ReplicaPlan], tls: FrontendTls | None = None) -> str:
         """Run haproxy for these replicas: reuse one running this very config, else (re)start it."""
-        text = render(self.settings, plans, self.sock)
+        text = render(self.settings, plans, self.sock, tls)
         sha = hashlib.sha256(text.encode()).hexdigest()[:16]
         current = self.running()
         if current and current.config_sha == sha:

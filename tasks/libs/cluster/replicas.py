@@ -91,9 +91,11 @@ def pool_fitting_budget(settings: Settings, replicas: int, budget: int) -> tuple
 
 
 def replica_settings(settings: Settings, plan: ReplicaPlan) -> Settings:
-    """server.start's settings, moved to the replica's port, allowing the load balancer's host."""
+    """server.start's settings, moved to the replica's port, allowing the load balancer's host;
+    plain HTTP (HAProxy terminates TLS in front of it, on the same machine)."""
     s = settings.model_copy(deep=True)
     s.server.host, s.server.port, s.server.workers = plan.host, plan.port, workers(settings)
+    s.server.tls.enabled = False
     lb = settings.cluster.lb
     names = dict.fromkeys(["localhost", "127.0.0.1", plan.host, lb.host])
     s.server.allowed_hosts = [n for name in names for n in (name, f"{name}:{plan.port}", f"{name}:{lb.port}")]

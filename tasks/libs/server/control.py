@@ -20,6 +20,7 @@ from tasks.libs.core.processes import ProcessRecord
 from tasks.libs.core.programs import require_module
 from tasks.libs.core.settings import Settings
 from tasks.libs.core.state import ensure_state_dir
+from tasks.libs.core.tls import client_ca, ensure_tls
 from tasks.libs.postgres.connection import check_reachable
 from tasks.libs.server.auth import basic_auth_header
 from tasks.libs.server.command import is_loopback, metrics_dir, server_command, server_env
@@ -110,11 +111,12 @@ def launch_server(
     if cfg.metrics and not stock:
         prepare_metrics_dir(metrics_path or metrics_dir(settings))
     headers = {} if stock else basic_auth_header(settings)
+    ca = client_ca(settings)
 
     def ready() -> str | None:
-        if not health(cfg.url):
+        if not health(cfg.url, ca=ca):
             return "/health does not answer"
-        return None if store_answers(cfg.url, headers=headers) else "/health answers, a store call does not"
+        return None if store_answers(cfg.url, headers=headers, ca=ca) else "/health answers, a store call does not"
 
     store, log = backend_store_uri(settings), str(process.log_file)
     launch = Launch(
@@ -155,8 +157,9 @@ def start_server(settings: Settings, *, stock: bool = False) -> StartResult:
 
     if settings.artifacts.store == "local":
         settings.artifacts_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tls_notes = ensure_tls(settings)[1] if cfg.tls.enabled else []  # before the artifacts server, which uses it too
     started = time.monotonic()
-    notes = [] if stock else start_artifact_services(settings, "server")
+    notes = tls_notes + ([] if stock else start_artifact_services(settings, "server"))
     try:
         record = launch_server(
             settings,
@@ -247,10 +250,19 @@ def server_status(settings: Settings) -> dict:
         "backend": record.backend,
         "store": record.store,
         "url": record.url,
-        "healthy": health(record.url),
+        "healthy": health(record.url, ca=client_ca(settings)),
+        **tls_status(settings, record.url),
         "log": record.log,
         **artifact_services_status(settings),
     }
+
+
+def tls_status(settings: Settings, url: str) -> dict[str, str]:
+    """What a client of an https URL needs to know: the CA file to trust."""
+    if not url.startswith("https:"):
+        return {}
+    ca = client_ca(settings)
+    return {"tls ca": f"{ca} (clients: MLFLOW_TRACKING_SERVER_CERT_PATH={ca})" if ca else "the system's trust store"}
 
 
 def log_tail(settings: Settings, lines: int) -> str:

@@ -18,6 +18,7 @@ from tasks.libs.core.credentials import known_secrets
 from tasks.libs.core.managed import Launch, Listener, ManagedProcess
 from tasks.libs.core.processes import ProcessRecord
 from tasks.libs.core.settings import Settings
+from tasks.libs.core.tls import client_ca
 from tasks.libs.server.probes import health
 
 HOLDERS = ("server", "cluster")
@@ -121,7 +122,7 @@ class ArtifactsServer:
             command=artifacts_server_command(self.settings),
             env=env,
             cwd=self.process.pid_file.parent,
-            ready=lambda: None if health(self.url) else "/health does not answer",
+            ready=lambda: None if health(self.url, ca=client_ca(self.settings)) else "/health does not answer",
             timeout=self.settings.server.start_timeout,
             listeners=[Listener(self.settings.server.host, self.cfg.port, "set artifacts.artifacts_server.port")],
             fields=dict(port=self.cfg.port, url=self.url, log=str(self.process.log_file)),

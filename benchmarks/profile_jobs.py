@@ -76,7 +76,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setup", choices=SETUPS, default="stock")
     parser.add_argument("--seconds", type=float, default=30)
-    parser.add_argument("--settle", type=float, default=90, help="seconds to wait after ready: job consumers start late")
+    parser.add_argument(
+        "--settle", type=float, default=90, help="seconds to wait after ready: job consumers start late"
+    )
     parser.add_argument("--idle", type=float, default=20, help="seconds of idle CPU to read after settling")
     parser.add_argument("--py-spy", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/profile")

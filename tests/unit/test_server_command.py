@@ -104,3 +104,20 @@ def test_job_execution_is_on_with_the_executor_engine_unless_turned_off(tmp_path
     assert huey["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "true" and "MLFLOW_SERVER_JOB_EXECUTION_ENGINE" not in huey
     off = server_env(make_settings(tmp_path, **{"server.job_execution": False}))
     assert off["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false" and "MLFLOW_SERVER_JOB_EXECUTION_ENGINE" not in off
+
+
+def test_tls_puts_the_certificate_paths_in_uvicorn_opts_for_every_server_it_starts(tmp_path):
+    tls_on = {"server.tls.enabled": True, "artifacts.store": "s3", "artifacts.mode": "split"}
+    settings = make_settings(tmp_path, **tls_on, **{"artifacts.artifacts_server.port": 4000})
+    files = f"--ssl-certfile {tmp_path}/secrets/tls/server.crt --ssl-keyfile {tmp_path}/secrets/tls/server.key"
+    assert flag(server_command(settings), "--uvicorn-opts") == f"--no-access-log {files}"
+    stock_mlflow = stock_venv(settings) / "bin" / "mlflow"
+    stock_mlflow.parent.mkdir(parents=True)
+    stock_mlflow.touch()
+    assert flag(server_command(settings, stock=True), "--uvicorn-opts") == files
+    # split mode: the artifacts-only server on server.host serves the same certificate, at an https URL
+    assert flag(artifacts_server_command(settings), "--uvicorn-opts") == f"--no-access-log {files}"
+    assert str(flag(server_command(settings), "--default-artifact-root")).startswith("https://127.0.0.1:4000/")
+    no_log = make_settings(tmp_path, **{"server.tls.enabled": True, "server.uvicorn_opts": ""})
+    assert flag(server_command(no_log), "--uvicorn-opts") == files
+    assert "--ssl-keyfile" not in " ".join(server_command(make_settings(tmp_path)))

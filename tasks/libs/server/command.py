@@ -6,12 +6,15 @@ under <venvs_dir>/stock-mlflow-<pin>, see stock_venv), started as MLflow's docs 
 `mlflow server --host H --port P`, with every default of MLflow's (4 uvicorn workers, job
 execution on with its default engine, artifacts in ./mlartifacts of its folder). Either way the store URI travels in MLFLOW_BACKEND_STORE_URI (the env twin of
 --backend-store-uri) without its password, which libpq reads from PGPASSWORD: no secret
-ever stands in argv, where any user could read it.
+ever stands in argv, where any user could read it. With server.tls.enabled uvicorn serves
+HTTPS (`--ssl-certfile`/`--ssl-keyfile` in --uvicorn-opts: the files' paths, never a key),
+stock and tuned alike, so that the bench compares servers, not TLS against none.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from importlib import metadata
@@ -21,6 +24,7 @@ from tasks.libs.artifacts.location import s3_env, server_artifact_args
 from tasks.libs.core.credentials import store_uri_and_password_env
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.settings import Settings
+from tasks.libs.core.tls import uvicorn_tls_opts
 from tasks.libs.core.venvs import ensure_venv, venvs_dir
 from tasks.libs.server.auth import auth_server_env
 
@@ -61,7 +65,10 @@ def stock_command(settings: Settings) -> list[str]:
     if not mlflow.is_file():
         raise UserError(f"the stock MLflow venv {mlflow.parents[1]} is missing; `inv bench` builds it")
     cfg = settings.server
-    return [str(mlflow), "server", "--host", cfg.host, "--port", str(cfg.port)]
+    cmd = [str(mlflow), "server", "--host", cfg.host, "--port", str(cfg.port)]
+    if cfg.tls.enabled:  # HTTPS as ours serves it, so the bench compares servers, not TLS against none
+        cmd += ["--uvicorn-opts", uvicorn_opts(settings, "")]
+    return cmd
 
 
 def server_command(settings: Settings, *, stock: bool = False, metrics_path: Path | None = None) -> list[str]:
@@ -73,11 +80,19 @@ def server_command(settings: Settings, *, stock: bool = False, metrics_path: Pat
     cmd += ["--workers", str(cfg.workers), *server_artifact_args(settings), "--allowed-hosts", allowed_hosts(settings)]
     if cfg.metrics:
         cmd += ["--expose-prometheus", str(metrics_path or metrics_dir(settings))]
-    if cfg.uvicorn_opts:
-        cmd += ["--uvicorn-opts", cfg.uvicorn_opts]
+    opts = uvicorn_opts(settings, cfg.uvicorn_opts)
+    if opts:
+        cmd += ["--uvicorn-opts", opts]
     if cfg.auth.enabled:
         cmd += ["--app-name", "basic-auth"]
     return cmd
+
+
+def uvicorn_opts(settings: Settings, opts: str) -> str:
+    """opts plus, with server.tls.enabled, the certificate and key paths (MLflow shlex-splits it)."""
+    if not settings.server.tls.enabled:
+        return opts
+    return " ".join(filter(None, [opts, shlex.join(uvicorn_tls_opts(settings))]))
 
 
 def server_env(settings: Settings, *, stock: bool = False) -> dict[str, str]:

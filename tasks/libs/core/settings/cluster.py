@@ -69,6 +69,7 @@ class ClusterSettings(StrictModel):
     lb: LoadBalancerSettings
     pgbouncer: PgBouncerSettings
     read_replica: ReadReplicaSettings
+    tls: bool | None  # HAProxy terminates TLS with server.tls's certificate; null: as server.tls.enabled
     redis: RedisSettings
 
     @model_validator(mode="after")

@@ -369,7 +369,7 @@ def _document(targets, spec, raw, env, started_at, seconds, client_mode) -> dict
         "ratios": ratios,
         "mlflow_vs_raw": mlflow_vs_raw(cells, raw),
         "footprint": [{"backend": b, "setup": s, **stats} for (b, s), stats in footprint.items()],
-        "targets": evaluate_targets(cells, backends, footprint),
+        "targets": evaluate_targets(cells, backends, footprint, repetitions=spec.repetitions),
         "error_examples": errors,
     }
 

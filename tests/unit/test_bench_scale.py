@@ -15,7 +15,7 @@ from tests.support.settings import make_settings
 
 
 def test_server_cpu_per_call_pools_repetitions_and_skips_unmeasured_ones():
-    reps = [
+    reps: list[dict] = [
         {"latencies": [0.01] * 10, "server_cpu_s": 0.2},  # 20 ms a call
         {"latencies": [0.01] * 30, "server_cpu_s": 0.3},  # 10 ms a call
         {"latencies": [0.01] * 5, "server_cpu_s": None},  # no reading: out of both sums

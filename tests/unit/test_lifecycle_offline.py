@@ -419,3 +419,22 @@ def test_the_partly_migrated_reference_is_built_once_per_release_and_revision(tm
     assert reference_names(OLD_REVISION, tmp_path) == {"cached": {"columns": [], "indexes": []}}
     cache.write_text("{damaged")
     assert reference_names(OLD_REVISION, tmp_path) == names  # rebuilt
+
+
+def test_our_own_indexes_are_not_schema_drift():
+    """An index named mlflow_ops_* (one the bench's levers may adopt) is ours, not MLflow's schema."""
+    import sqlalchemy as sa
+
+    from tasks.libs.lifecycle.internals.schema_compare import diff, fingerprint
+
+    plain, ours = sa.create_engine("sqlite://"), sa.create_engine("sqlite://")
+    for engine in (plain, ours):
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE params (key TEXT, value TEXT, run_uuid TEXT)")
+            conn.exec_driver_sql("CREATE INDEX index_params_run_uuid ON params (run_uuid)")
+    with ours.begin() as conn:
+        conn.exec_driver_sql("CREATE INDEX mlflow_ops_params_key_value ON params (key, value, run_uuid)")
+    assert diff(fingerprint(ours), fingerprint(plain)) == []
+    with ours.begin() as conn:
+        conn.exec_driver_sql("CREATE INDEX someone_elses ON params (value)")
+    assert diff(fingerprint(ours), fingerprint(plain)) != []

@@ -21,6 +21,9 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.pool import NullPool
 
 IGNORED_TABLES = {"alembic_version", "alembic_version_auth"}
+# Indexes of ours (named mlflow_ops_*, e.g. one the bench's levers show to win for MLflow's
+# queries): not MLflow's schema, so never drift between a store and MLflow's fresh one.
+OUR_INDEX_PREFIX = "mlflow_ops_"
 
 
 def _type(column_type: Any) -> str:
@@ -28,6 +31,10 @@ def _type(column_type: Any) -> str:
         return str(column_type.compile(dialect=sqlite_dialect.dialect())).upper()
     except Exception:  # a type SQLite cannot render: its repr still compares
         return repr(column_type)
+
+
+def _ours(index: dict[str, Any]) -> bool:
+    return (index.get("name") or "").startswith(OUR_INDEX_PREFIX)
 
 
 def fingerprint(engine: sa.Engine | sa.Connection, *, names_only: bool = False) -> dict[str, dict[str, Any]]:
@@ -54,7 +61,7 @@ def fingerprint(engine: sa.Engine | sa.Connection, *, names_only: bool = False) 
         cols = columns.get(table, [])
         # PostgreSQL also reports each UNIQUE constraint as an index (duplicates_constraint);
         # SQLite hides its sqlite_autoindex_*: drop those so the names compare across dialects.
-        idx = [i for i in indexes.get(table, []) if not i.get("duplicates_constraint")]
+        idx = [i for i in indexes.get(table, []) if not i.get("duplicates_constraint") and not _ours(i)]
         out[table] = {
             "columns": sorted(c["name"] for c in cols),
             "indexes": sorted(i["name"] for i in idx if i.get("name")),
@@ -81,7 +88,7 @@ def fingerprint(engine: sa.Engine | sa.Connection, *, names_only: bool = False) 
         entry["index_defs"] = sorted(
             [i["name"] or "", ",".join(c or "<expr>" for c in i["column_names"]), bool(i["unique"])]
             for i in indexes.get(table, [])
-            if not i.get("duplicates_constraint")
+            if not i.get("duplicates_constraint") and not _ours(i)
         )
         entry["unique"] = sorted(",".join(u["column_names"]) for u in uniques.get(table, []))
         entry["checks"] = sorted(c.get("name") or "" for c in checks.get(table, []))

@@ -1,4 +1,5 @@
-"""The bench's chart: tuned vs stock as ratios per operation and client count, with start-up and memory."""
+"""The bench's chart: tuned vs stock as ratios per operation and client count (latency and calls/s,
+and the server's CPU per call), with start-up and memory."""
 
 from __future__ import annotations
 
@@ -20,12 +21,25 @@ def write_chart(doc: dict, path: Path) -> None:
     backends = doc["meta"]["backends"]
     levels = sorted({c for (_, _, c, _) in cells})
     fig, axes = plt.subplots(
-        1,
+        2,
         len(backends) + 1,
-        figsize=(7 * len(backends) + 5, 5.5),
+        figsize=(7 * len(backends) + 5, 11),
         gridspec_kw={"width_ratios": [3] * len(backends) + [1.6]},
         squeeze=False,
     )
+    for ax, backend in zip(axes[1], backends):
+        ops = [op for op in OPS if (backend, "tuned", 1, op) in cells]
+        width = 0.8 / max(len(levels), 1)
+        for i, clients in enumerate(levels):
+            values = [_cpu_saving(cells, backend, clients, op) for op in ops]
+            ax.bar([x + i * width for x in range(len(ops))], values, width, label=f"{clients} client(s)")
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks([x + width * (len(levels) - 1) / 2 for x in range(len(ops))], ops, rotation=30, ha="right")
+        ax.set_yscale("log")
+        ax.set_ylabel("stock / tuned server CPU ms per call (log)")
+        ax.set_title(f"{backend}: server CPU per call, stock / tuned (> 1: tuned cheaper)")
+        ax.legend(fontsize=8)
+    axes[1][-1].axis("off")
     for ax, backend in zip(axes[0], backends):
         ops = [op for op in OPS if (backend, "tuned", 1, op) in cells]
         width = 0.8 / max(len(levels), 1)
@@ -59,6 +73,15 @@ def write_chart(doc: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _cpu_saving(cells: dict, backend: str, clients: int, op: str) -> float:
+    """stock / tuned server CPU ms per call for one cell (0 if missing)."""
+    tuned, stock = cells.get((backend, "tuned", clients, op)), cells.get((backend, "stock", clients, op))
+    if not tuned or not stock:
+        return 0.0
+    value = ratio(stock.get("server_cpu_ms"), tuned.get("server_cpu_ms"))
+    return 0.0 if math.isnan(value) else value
 
 
 def _speedup(cells: dict, backend: str, clients: int, op: str) -> float:

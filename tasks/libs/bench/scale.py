@@ -247,8 +247,21 @@ def run_scale(
         "spec": spec.__dict__,
     }
     doc["environment"] = env
+    _raw_limits(doc)
     doc["targets"] = scale_targets(doc)
     return doc
+
+
+def _raw_limits(doc: dict) -> None:
+    """Writes without a query of their own (spans, the bulk loads) stand beside the raw batched
+    insert rate of rows into the same store: the floor under any write."""
+    batched = {(r["backend"], r["store"]): r["rows_per_s"] for r in doc["raw"] if r["mode"] != "1 row/commit"}
+    for f in doc["figures"]:
+        if f["figure"].startswith("trace ingestion"):
+            f["limit_rate"] = batched.get((f["backend"], f["setup"]), math.nan)
+            f["limit_what"] = "raw batched insert rate of rows into the same store (rows/s)"
+    for load in doc["loads"]:
+        load["raw_rows_per_s"] = batched.get((load["backend"], load["setup"]), math.nan)
 
 
 # --- the store: a scale experiment, bulk loads, raw queries ------------------------------------

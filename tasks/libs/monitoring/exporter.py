@@ -10,16 +10,13 @@ from __future__ import annotations
 import os
 import urllib.request
 from dataclasses import dataclass
-from urllib.parse import quote
 
-from sqlalchemy.engine import make_url
-
-from tasks.libs.core.credentials import postgres_uri
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.processes import ProcessRecord, port_holder, port_is_free, start_group, stop_group, tail
 from tasks.libs.core.programs import require_program
 from tasks.libs.core.settings import Settings
 from tasks.libs.core.waits import wait_ready
+from tasks.libs.postgres.connection import libpq_params, libpq_url
 
 
 @dataclass
@@ -48,11 +45,9 @@ class PostgresExporter:
             raise UserError(
                 f"port {self.port} is in use by {port_holder(self.port)}; stop that or set monitoring.postgres_exporter.port"
             )
-        url = make_url(postgres_uri(self.settings, reveal=True))
-        dsn = (
-            f"postgresql://{quote(url.username or '', safe='')}:{quote(url.password or '', safe='')}"
-            f"@{url.host}:{url.port or 5432}/postgres?sslmode=disable"
-        )
+        # lib/pq requires TLS unless told otherwise (libpq only prefers it); its URL form, as the
+        # exporter's own DSN parsing splits a key=value DSN on every space
+        dsn = libpq_url({"sslmode": "disable", **libpq_params(self.settings, dbname="postgres")})
         env = {"PATH": os.environ.get("PATH", ""), "DATA_SOURCE_NAME": dsn}
         proc = start_group(
             [binary, f"--web.listen-address={self.target}", "--log.level=warn"],

@@ -62,6 +62,7 @@ from tasks.libs.bench.stats import percentile, ratio
 from tasks.libs.bench.workload import WorkloadSpec, group_cpu_seconds
 from tasks.libs.checks.ui import open_and_find
 from tasks.libs.core.credentials import backend_store_uri
+from tasks.libs.core.databases import engine_for, sqlite_connection
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.processes import free_port
 from tasks.libs.core.settings import Settings
@@ -278,13 +279,9 @@ def _prepare(t: ScaleTarget) -> None:
 
 @contextmanager
 def _engine(settings: Settings) -> Iterator[Any]:
-    import sqlalchemy
-
-    engine = sqlalchemy.create_engine(backend_store_uri(settings, reveal=True))
-    try:
+    """The store's engine (core.databases.engine_for: no pool, disposed at the end)."""
+    with engine_for(backend_store_uri(settings, reveal=True)) as engine:
         yield engine
-    finally:
-        engine.dispose()
 
 
 def run_rows(t: ScaleTarget, start: int, stop: int, total: int) -> dict[str, list[tuple]]:
@@ -344,20 +341,13 @@ def bulk_insert(settings: Settings, rows: dict[str, list[tuple]]) -> int:
             finally:
                 conn.close()
         return count
-    import sqlite3
-
-    conn = sqlite3.connect(settings.sqlite_file, timeout=60)
-    try:
-        conn.execute("PRAGMA busy_timeout = 60000")
+    with sqlite_connection(settings.sqlite_file, timeout=60) as conn:
         for table in COLUMNS:
             if not rows.get(table):
                 continue
             marks = ", ".join("?" * len(rows[table][0]))
             conn.executemany(f"INSERT INTO {table} ({COLUMNS[table]}) VALUES ({marks})", rows[table])
             count += len(rows[table])
-        conn.commit()
-    finally:
-        conn.close()
     return count
 
 

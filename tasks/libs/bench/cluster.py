@@ -140,7 +140,7 @@ def _isolate(base: Settings, state: Path, password: str, pg_port: int, database:
     c = s.cluster
     c.replicas, c.host, c.first_port = replicas, "127.0.0.1", free_ports_in_a_row(replicas)
     c.lb.host, c.lb.port, c.lb.stats_port = "127.0.0.1", free_port(), free_port()
-    c.pgbouncer.port, c.read_replica.port = free_port(), free_port()
+    c.pgbouncer.port, c.read_replica.port, c.redis.port = free_port(), free_port(), free_port()
     c.start_timeout = max(c.start_timeout, 300)
     s.monitoring.postgres_exporter.enabled = False
     s.artifacts.s3.port, s.artifacts.artifacts_server.port = free_port(), free_port()

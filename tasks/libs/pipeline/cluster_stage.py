@@ -38,6 +38,7 @@ def isolated_cluster(base: Settings, state_dir: str, pg_port: int) -> Settings:
         free_port(),
     )
     s.monitoring.postgres_exporter.port = free_port()
+    c.redis.port = free_port()  # MLflow's job queues: never a user's cluster Redis
     s.artifacts.s3.port, s.artifacts.artifacts_server.port = free_port(), free_port()
     return s
 

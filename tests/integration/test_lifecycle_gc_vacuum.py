@@ -162,7 +162,7 @@ def test_postgres_vacuum_full_on_a_store_no_server_uses(pg_settings):
         full = vacuum(settings, full=True, say=lambda _: None)
         assert full.steps.rows[0].name == "VACUUM (FULL, ANALYZE)"
         [metrics] = [row for row in full.tables if row[0] == "metrics"]
-        assert float(metrics[6].split()[0]) < float(metrics[5].split()[0])  # total after < total before
+        assert _bytes(metrics[6]) < _bytes(metrics[5])  # total after < total before
     finally:
         drop(settings)
         shutil.rmtree(state, ignore_errors=True)
@@ -171,3 +171,9 @@ def test_postgres_vacuum_full_on_a_store_no_server_uses(pg_settings):
 def test_sqlite_vacuum_is_refused_while_our_server_writes_to_the_file(sqlite_server):
     with pytest.raises(UserError, match="VACUUM locks it whole; `inv server.stop` first"):
         vacuum(sqlite_server.settings, full=False, say=lambda _: None)
+
+
+def _bytes(shown: str) -> float:
+    """A size as the vacuum table shows it ('680.0 KiB', '1.5 MiB') back in bytes."""
+    amount, unit = shown.split()
+    return float(amount) * {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[unit]

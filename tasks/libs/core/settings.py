@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from tasks.libs.core.deploy_settings import DeploySettings
+from tasks.libs.core.engine_settings import EngineSettings
 from tasks.libs.core.errors import ConfigError
 from tasks.libs.core.lifecycle_settings import LifecycleSettings
 from tasks.libs.core.scaleout_settings import ClusterSettings, MonitoringSettings
@@ -191,6 +192,7 @@ class Settings(_Strict):
     lifecycle: LifecycleSettings
     cluster: ClusterSettings
     monitoring: MonitoringSettings
+    engine: EngineSettings
 
     @model_validator(mode="after")
     def _no_port_twice(self) -> Settings:

@@ -75,7 +75,7 @@ def compose_files(settings: Settings, profile: str) -> dict[str, str]:
     return {
         "docker-compose.yaml": dump(_document(settings, server), header),
         ".env.example": env_example(secrets, profile),
-        "Dockerfile": dockerfile(profile),
+        "Dockerfile": dockerfile(profile, settings.deploy.base_image),
     }
 
 

@@ -193,7 +193,9 @@ def _postgres(settings: Settings, db: facts.Database, configs: dict[str, Any]) -
             "POSTGRES_PASSWORD": ref("postgres_password"),
         },
         "healthcheck": {
-            "test": ["CMD", "pg_isready", "-U", lit(db.user), "-d", lit(db.name)],
+            # Over TCP: while the image creates the database and runs docker-entrypoint-initdb.d, its
+            # temporary server listens on the Unix socket only, and a socket check passes too early.
+            "test": ["CMD", "pg_isready", "-h", "127.0.0.1", "-p", "5432", "-U", lit(db.user), "-d", lit(db.name)],
             "interval": "5s",
             "timeout": "5s",
             "retries": 12,

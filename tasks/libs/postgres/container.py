@@ -142,7 +142,8 @@ class DockerPostgres:
                 volumes={self.cfg.volume: {"bind": "/var/lib/postgresql/data", "mode": "rw"}},
                 labels={LABEL: ROLE},
                 healthcheck={
-                    "test": ["CMD-SHELL", f"pg_isready -U {self.pg.user} -d {self.pg.database}"],
+                    # TCP: the image's init server (database creation) listens on the socket only.
+                    "test": ["CMD-SHELL", f"pg_isready -h 127.0.0.1 -U {self.pg.user} -d {self.pg.database}"],
                     "interval": 1_000_000_000,
                     "timeout": 3_000_000_000,
                     "retries": 60,

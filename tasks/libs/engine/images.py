@@ -212,7 +212,8 @@ def mlflow_image(
     text = docker_file.read_text()
     base = choose_base(settings, client, dockerfile_base(text), say)
     wheels, wheels_key = ensure_wheelhouse(cache_dir(settings), say)
-    key = _key(text, base, image_id(client, base) or "", wheels_key)
+    instructions = "\n".join(line for line in text.splitlines() if not line.startswith("#"))  # not the profile's name
+    key = _key(instructions, base, image_id(client, base) or "", wheels_key)
     if not rebuild and _content_label(client, tag) == key:
         say(f"{tag} is up to date (cached)")
         return False

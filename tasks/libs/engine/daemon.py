@@ -37,7 +37,7 @@ from docker.errors import DockerException
 
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.managed import Launch, ManagedProcess
-from tasks.libs.core.processes import ProcessRecord, stop_group
+from tasks.libs.core.processes import ProcessRecord, is_alive, stop_group
 from tasks.libs.core.programs import find_program
 from tasks.libs.core.settings import Settings
 from tasks.libs.core.waits import wait_until
@@ -119,10 +119,10 @@ def answers(host: str, timeout: float = 5) -> str | None:
 
 
 def ours_running(settings: Settings) -> EngineRecord | None:
-    """Our dockerd's record while its leader lives (a dead leader with a live containerd is not running)."""
-    proc = managed(settings)
-    record = proc.running()
-    if record is None or not proc.leader_alive(record):
+    """Our dockerd's record while dockerd itself lives. The pid file of a dead one is kept: it names
+    the exec root, bridge and block whose leftovers start and stop remove."""
+    record = managed(settings).record()
+    if record is None or not is_alive(record):
         return None
     return record
 

@@ -8,7 +8,9 @@ deploy.down [--volumes]. PostgreSQL is the stand-in wherever no registry answers
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -37,7 +39,10 @@ class Project:
             server__workers="1",
             **{k.removeprefix("MLFLOW_OPS_").lower(): v for k, v in engine.env.items()},
         )
-        self.dir = self.state / "compose"
+        # The project lives outside the state dir, as `--out D` puts it: test.security checks that
+        # everything in the state dir is closed to other users, and an exported folder is not.
+        (self.state / "hermetic.yaml").chmod(0o600)
+        self.dir = Path(tempfile.mkdtemp(prefix="mlflow-ops-compose-")) / "project"
         self.engine = engine
         self.url = ""
 
@@ -74,6 +79,7 @@ class Project:
     def cleanup(self) -> None:
         self.cli("deploy.down", str(self.dir), "--volumes")
         shutil.rmtree(self.state, ignore_errors=True)
+        shutil.rmtree(self.dir.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

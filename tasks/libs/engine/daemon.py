@@ -364,10 +364,14 @@ def _stop_ours(settings: Settings, record: EngineRecord, say: Callable[[str], No
         say(removed)
     with contextlib.suppress(ProcessLookupError):
         os.kill(record.pid, signal.SIGTERM)  # dockerd stops its containerd itself
-    wait_until(lambda: not psutil.pid_exists(record.pid) or _zombie(record.pid), timeout=settings.engine.stop_timeout)
-    how = managed(settings).stop()  # whatever of the group is left (SIGKILL after the grace)
+    exited = wait_until(
+        lambda: not psutil.pid_exists(record.pid) or _zombie(record.pid), timeout=settings.engine.stop_timeout
+    )
+    if _group_alive(record):
+        stop_group(record.pgid, grace=5)  # whatever of the group is left (SIGKILL after the grace)
     _clean_leftovers(settings, record, say)
-    return f"stopped our Docker engine (pid {record.pid}; {how})"
+    how = "terminated" if exited else "killed after the grace period"
+    return f"stopped our Docker engine (pid {record.pid}, {how})"
 
 
 def _remove_containers_and_networks(settings: Settings, record: EngineRecord) -> str:

@@ -23,6 +23,7 @@ from tasks.libs.reporting.writers import format_table, report_dir_for, write_rep
 from tasks.libs.security.suite import run_security
 from tasks.libs.security.target import target_from_settings
 from tasks.libs.server.auth import client_env
+from tasks.libs.server.control import running_record
 
 DEPLOYMENT_HELP = {
     "url": "server to check (default: the configured server, settings server.url; the cluster's load balancer URL works too)",
@@ -61,7 +62,10 @@ def deployment(
     storage: dict = {"artifacts_dir": None}
     if target == lb_url(settings) and settings.backend != "postgres":  # a cluster runs on PostgreSQL only
         settings = settings_from(profile, config, backend="postgres").settings
-    if target in (configured_url.rstrip("/"), lb_url(settings)):
+    # The configured URL is ours only while server.start runs it: a Compose project (deploy.up) or
+    # another host may publish the same address, and its store is inside it, not ours to open.
+    ours = target != configured_url.rstrip("/") or running_record(settings) is not None
+    if target in (configured_url.rstrip("/"), lb_url(settings)) and ours:
         os.environ.update(client_env(settings))  # sign in when the server runs with basic auth
         ca_file = ca_file or client_ca(settings)
         storage = storage_arguments(settings)
@@ -69,6 +73,9 @@ def deployment(
             store_uri = backend_store_uri(settings, reveal=True)
         except ConfigError as exc:
             store_skip = str(exc)
+    elif not ours:
+        os.environ.update(client_env(settings))
+        store_skip = f"no server of ours runs at {target} (server.start did not start it); its store is unknown"
     else:
         store_skip = f"{target} is not the configured server ({configured_url}); its store is unknown"
     out_dir = _report_dir(report_dir, settings, "checks")

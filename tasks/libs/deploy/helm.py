@@ -97,7 +97,7 @@ def helm_files(settings: Settings, profile: str) -> dict[str, str]:
         files["gc-cronjob.yaml"] = dump(
             cron, "mlflow gc on a schedule (the chart has none): kubectl apply -f gc-cronjob.yaml"
         )
-    files["Dockerfile"] = dockerfile(profile)
+    files["Dockerfile"] = dockerfile(profile, settings.deploy.base_image)
     return files
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +48,8 @@ class EngineSession:
     info: daemon.EngineInfo
     client: docker.DockerClient
     env: dict[str, str]  # MLFLOW_OPS_* for CLI runs that must use this engine
+    state: Path = Path()  # the session's own state dir (its settings live there)
+    ours: bool = True  # we started the engine (else another session's: never stopped here)
     timings: dict[str, float] = field(default_factory=dict)
     built: dict[str, str] = field(default_factory=dict)
 
@@ -62,12 +64,11 @@ def _say(message: str) -> None:
     print(f"[engine] {message}", flush=True)
 
 
-@pytest.fixture(scope="session")
-def engine() -> Iterator[EngineSession]:
+def start_engine() -> EngineSession:
     state = make_state_dir()
     settings = make_settings(state, **{"engine.dir": str(ENGINE_DIR), "engine.adopt": False})
-    already = daemon.ours_running(settings) is not None  # another session's: not ours to stop
     began = time.monotonic()
+    already = daemon.ours_running(settings) is not None  # another session's: not ours to stop
     info = daemon.start(settings, _say)
     client, _ = daemon.client(settings)
     session = EngineSession(
@@ -75,25 +76,60 @@ def engine() -> Iterator[EngineSession]:
         info,
         client,
         {"MLFLOW_OPS_ENGINE__DIR": str(ENGINE_DIR), "MLFLOW_OPS_ENGINE__ADOPT": "false"},
+        state=state,
+        ours=not already,
     )
     session.timings["engine start"] = round(time.monotonic() - began, 1)
+    return session
+
+
+def stop_engine(session: EngineSession) -> None:
     try:
-        yield session
-    finally:
-        if not already:  # an engine another session started runs its containers: leave them
-            for container in client.containers.list(all=True):
+        if session.ours:  # an engine another session started runs its containers: leave them
+            for container in session.client.containers.list(all=True):
                 container.remove(force=True)
-            client.volumes.prune()
-            client.networks.prune()
-            daemon.stop(settings, _say)
-        client.close()
+            session.client.volumes.prune()
+            session.client.networks.prune()
+            daemon.stop(session.settings, _say)
+    finally:
+        session.client.close()
         print(f"[engine] timings (s): {session.timings}", flush=True)
-        shutil.rmtree(state, ignore_errors=True)
+        shutil.rmtree(session.state, ignore_errors=True)
+
+
+EARLY = pytest.StashKey["tuple[EngineSession, Builds]"]()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """When the run includes engine tests, start the engine and the image builds now: the engine
+    tests run last, so the builds (minutes on a fresh machine) overlap every other test."""
+    if any(Path(str(item.path)).parent.name == "engine" for item in session.items):
+        early = start_engine()
+        session.config.stash[EARLY] = (early, Builds(early, Path(tempfile.mkdtemp(prefix="mlflow-ops-image-"))))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Whatever the run, the engine and the build thread started here are stopped here."""
+    early = session.config.stash.get(EARLY, None)
+    if early is not None:
+        engine, builds = early
+        try:
+            builds.close()
+        finally:
+            stop_engine(engine)
+            shutil.rmtree(builds.image_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def engine(request: pytest.FixtureRequest) -> EngineSession:
+    early = request.config.stash.get(EARLY, None)
+    assert early is not None, "the engine starts when the run is collected (pytest_collection_finish)"
+    return early[0]
 
 
 class Builds:
     """The images, built one after another in a background thread from the session's start, so
-    that the tests needing only the first ones (the engine, the docker provider) run meanwhile.
+    that every other test (and the engine tests needing only the first images) runs meanwhile.
     Order: the Debian base, the PostgreSQL stand-in, the MLflow image, the systemd host."""
 
     def __init__(self, engine: EngineSession, image_dir: Path):
@@ -128,12 +164,8 @@ class Builds:
 
 
 @pytest.fixture(scope="session")
-def builds(engine: EngineSession, tmp_path_factory) -> Iterator[Builds]:
-    started = Builds(engine, tmp_path_factory.mktemp("image"))
-    try:
-        yield started
-    finally:
-        started.close()
+def builds(request: pytest.FixtureRequest) -> Builds:
+    return request.config.stash[EARLY][1]
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ exec here); the bucket is created on start. moto keeps everything in memory: a r
 loses every object, so it is for trying things out and for tests, never for data anyone
 keeps (`artifacts.s3.provider: external` names a real S3 API).
 
-BucketView reads a bucket (embedded or external) for check 9 and `inspect.sizes`: which
+BucketView reads a bucket (embedded or external) for the storage check and `inspect.sizes`: which
 key an artifact URI maps to, and the objects and bytes under the prefix per experiment.
 """
 
@@ -148,7 +148,7 @@ class BucketView:
 
 
 def where_artifacts_are(settings: Settings) -> Path | BucketView:
-    """The configured server's artifacts: its folder, or the bucket (for inspection and check 9)."""
+    """The configured server's artifacts: its folder, or the bucket (for inspection and the storage check)."""
     return BucketView.of(settings) if settings.artifacts.store == "s3" else settings.artifacts_dir
 
 

@@ -22,7 +22,12 @@ GOLDEN_PATHS = {
     "server.workers": 2,
 }
 # name -> (profile, extra settings): the two profiles, and ci on PostgreSQL (Compose runs its own).
-GOLDEN_CASES = {"ci": ("ci", {}), "prod": ("prod", {}), "ci-postgres": ("ci", {"backend": "postgres"})}
+GOLDEN_CASES = {
+    "ci": ("ci", {}),
+    "prod": ("prod", {}),
+    "ci-postgres": ("ci", {"backend": "postgres"}),
+    "prod-workspaces": ("prod", {"server.workspaces": True}),
+}
 UPDATE_ENV = "MLFLOW_OPS_UPDATE_GOLDENS"
 
 # Settings that exercise every substitution: another SQLite path, all interfaces, metrics, our

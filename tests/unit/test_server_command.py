@@ -74,3 +74,9 @@ def test_metrics_flag_points_at_the_multiprocess_folder(tmp_path):
 def test_local_artifacts_only_proxied(tmp_path):
     with pytest.raises(ConfigError, match="artifacts.mode 'direct' needs artifacts.store s3"):
         make_settings(tmp_path, **{"artifacts.mode": "direct"})
+
+
+def test_workspaces_flag_follows_the_setting(tmp_path):
+    assert "--enable-workspaces" not in server_command(make_settings(tmp_path))
+    assert "--enable-workspaces" not in server_command(make_settings(tmp_path, **{"server.workspaces": True}), stock=True)
+    assert server_command(make_settings(tmp_path, **{"server.workspaces": True}))[-1] == "--enable-workspaces"

@@ -47,6 +47,7 @@ class ServerSettings(StrictModel):
     uvicorn_opts: str
     env: dict[str, str]
     metrics: bool
+    workspaces: bool
     auth: AuthSettings
 
     @property

@@ -78,5 +78,7 @@ def test_local_artifacts_only_proxied(tmp_path):
 
 def test_workspaces_flag_follows_the_setting(tmp_path):
     assert "--enable-workspaces" not in server_command(make_settings(tmp_path))
-    assert "--enable-workspaces" not in server_command(make_settings(tmp_path, **{"server.workspaces": True}), stock=True)
+    assert "--enable-workspaces" not in server_command(
+        make_settings(tmp_path, **{"server.workspaces": True}), stock=True
+    )
     assert server_command(make_settings(tmp_path, **{"server.workspaces": True}))[-1] == "--enable-workspaces"

@@ -100,6 +100,8 @@ def artifacts_server_command(settings: Settings) -> list[str]:
         "--allowed-hosts",
         allowed,
     ]
+    if settings.server.workspaces:  # requests name their workspace; it scopes paths to workspaces/<name>/
+        cmd.append("--enable-workspaces")
     return cmd + (["--uvicorn-opts", settings.server.uvicorn_opts] if settings.server.uvicorn_opts else [])
 
 

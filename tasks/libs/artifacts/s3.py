@@ -115,11 +115,14 @@ class BucketView:
         return f"{self.prefix}/{relative}" if self.prefix else relative
 
     def experiment_of(self, key: str) -> str:
-        """The experiment folder a key is in (its id), or a note when it lies outside them."""
+        """The experiment folder a key is in (its id), or a note when it lies outside them.
+
+        A workspace's experiments are one level deeper: workspaces/<name>/<id>."""
         root = self.experiments_prefix
         if root and not key.startswith(root + "/"):
             return "(outside the experiments folder)"
-        return key[len(root) :].lstrip("/").split("/", 1)[0]
+        parts = key[len(root) :].lstrip("/").split("/")
+        return parts[2] if parts[0] == "workspaces" and len(parts) > 3 else parts[0]
 
     def objects(self, prefix: str | None = None) -> Iterator[tuple[str, int]]:
         """(key, size) of every object under prefix (default: the configured prefix)."""

@@ -20,6 +20,7 @@ from tasks.libs.reporting.records import FAIL, PASS, SKIPPED, CheckFailed, Check
 from tasks.libs.security import probes_access as access
 from tasks.libs.security import probes_artifacts as artifacts
 from tasks.libs.security import probes_exposure as exposure
+from tasks.libs.security import probes_workspaces as workspaces
 from tasks.libs.security.target import Target, Unreachable
 from tasks.libs.security.versions import check_version
 
@@ -100,6 +101,12 @@ def all_probes() -> list[Probe]:
             exposure.check_secrets,
             "no configured secret in the logs, the processes' arguments or the reports",
             http=False,
+        ),
+        Probe(
+            "workspace isolation",
+            workspaces.check_workspace_isolation,
+            "a user of one workspace can neither read nor write another workspace, nor 'default'",
+            writes=True,
         ),
     ]
 

@@ -15,6 +15,7 @@ class AuthSettings(StrictModel):
     admin_user: str
     admin_password: SecretStr | None
     default_permission: Literal["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"]
+    grant_default_workspace_access: bool
 
     @field_validator("admin_password")
     @classmethod

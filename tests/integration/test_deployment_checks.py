@@ -121,6 +121,41 @@ def test_database_lost_mid_run_fails_the_checks_after_it(healthy_server, tmp_pat
     )
 
 
+@pytest.mark.integration
+def test_workspace_server_passes_every_check_in_a_workspace_of_its_own_and_cleans_it_up(state_dir, tmp_path):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    settings = make_settings(state_dir, **{"server.workspaces": True, "server.workers": 1})
+    start_server(settings)
+    try:
+        report = run_checks(
+            settings.server.url,
+            report_dir=tmp_path,
+            store_uri=backend_store_uri(settings, reveal=True),
+            artifacts_dir=settings.artifacts_dir,
+            browser=CHROMIUM,
+            cleanup=True,
+        )
+        client = MlflowClient(settings.server.url)
+        with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST|not found"):
+            client.get_workspace(str(report.workspace))
+        experiments = [e.name for e in client.search_experiments()]  # from 'default'
+    finally:
+        stop_server(settings)
+    statuses = {c.name: (c.status, c.reason) for c in report.checks}
+    assert statuses.pop("web UI")[0] == (PASS if os.path.isfile(CHROMIUM) else SKIPPED)
+    assert all(status == PASS for status, _ in statuses.values()), statuses
+    assert report.workspace and report.workspace.startswith("mlflow-ops-check-")
+    assert (
+        f"workspace {report.workspace} created; neither listed nor found from workspace 'default'"
+        in (statuses["experiment"][1])
+    )
+    assert f"deleted workspace {report.workspace}" in statuses["cleanup"][1]
+    assert report.experiment_name not in experiments
+    assert not (settings.artifacts_dir / "workspaces" / report.workspace).exists()  # CASCADE would leave it
+
+
 # The checks that need no model: enough to see tracing fail alone, in a fraction of the time.
 WITHOUT_MODEL = ("experiment", "params", "metrics", "tracing", "prompts", "web UI", "storage")
 TRACE_TABLES = (

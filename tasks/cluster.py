@@ -21,9 +21,10 @@ def _settings(profile, config, **flags):
         "replicas": "how many mlflow server replicas (default cluster.replicas, 2)",
         "pgbouncer": "put PgBouncer between the replicas and PostgreSQL (default cluster.pgbouncer.enabled)",
         "read_replica": "a streaming standby for reads (default cluster.read_replica.enabled; local provider)",
+        "tls": "HAProxy terminates TLS with server.tls's certificate (default cluster.tls, else server.tls.enabled)",
     }
 )
-def up(c, backend=None, replicas=None, pgbouncer=False, read_replica=False, profile=None, config=None):
+def up(c, backend=None, replicas=None, pgbouncer=False, read_replica=False, tls=False, profile=None, config=None):
     """Start (or complete) the cluster: replicas behind HAProxy on the running PostgreSQL."""
     with user_errors():
         settings = _settings(
@@ -34,6 +35,7 @@ def up(c, backend=None, replicas=None, pgbouncer=False, read_replica=False, prof
                 "cluster.replicas": replicas,
                 "cluster.pgbouncer.enabled": True if pgbouncer else None,
                 "cluster.read_replica.enabled": True if read_replica else None,
+                "cluster.tls": True if tls else None,
             },
         )
         result = cluster_up(settings, say=lambda line: print(line, flush=True))

@@ -24,14 +24,17 @@ SYSTEM_SERVICE_PORTS = {6432: "pgbouncer", 9090: "prometheus", 9187: "prometheus
 
 
 def missing_packages() -> list[str]:
-    """Debian packages still needed: PostgreSQL server binaries, Chromium for the UI check, systemd
-    for `systemd-analyze verify` on exported units (a fresh Debian container lacks it), and HAProxy,
-    PgBouncer, promtool and postgres_exporter for the cluster and its monitoring."""
+    """Debian packages still needed: PostgreSQL server binaries, Chromium for the UI check (and NSS's
+    certutil, with which it is made to trust a private CA over https), systemd for `systemd-analyze
+    verify` on exported units (a fresh Debian container lacks it), and HAProxy, PgBouncer, promtool
+    and postgres_exporter for the cluster and its monitoring."""
     missing = []
     if find_binaries(None) is None:
         missing.append("postgresql")
     if not os.path.exists(CHROMIUM):
         missing.append("chromium")
+    if find_program("certutil") is None:
+        missing.append("libnss3-tools")
     if find_program("systemd-analyze") is None:
         missing.append("systemd")
     missing += [package for package, program in CLUSTER_PACKAGES.items() if find_program(program) is None]
@@ -40,11 +43,11 @@ def missing_packages() -> list[str]:
 
 @task(help={"dry_run": "only print what would be installed"})
 def deps(c, dry_run=False):
-    """Install PostgreSQL server binaries, Chromium, systemd-analyze, HAProxy, PgBouncer and Prometheus tools when missing."""
+    """Install PostgreSQL server binaries, Chromium (+ certutil), systemd-analyze, HAProxy, PgBouncer and Prometheus tools when missing."""
     missing = missing_packages()
     if not missing:
         print(
-            "system packages present: postgresql server binaries, chromium, systemd-analyze, "
+            "system packages present: postgresql server binaries, chromium, certutil, systemd-analyze, "
             + ", ".join(CLUSTER_PACKAGES)
         )
         return

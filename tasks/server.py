@@ -4,6 +4,7 @@ from invoke import task
 from invoke.exceptions import Exit
 
 from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
+from tasks.libs.core.tls import client_ca
 from tasks.libs.monitoring.metrics import fetch_metrics, figures_table, request_figures
 from tasks.libs.reporting.formats import table
 from tasks.libs.server.control import (
@@ -41,6 +42,9 @@ def start(c, backend=None, port=None, host=None, workers=None, profile=None, con
         print(f"server already running at {rec.url} ({rec.backend}, pid {rec.pid}); reused")
     else:
         print(f"server ready at {rec.url} ({rec.backend}, pid {rec.pid}) in {result.seconds:.1f} s")
+    ca = client_ca(settings)
+    if rec.url.startswith("https:") and ca:
+        print(f"TLS: clients trust {ca} (MLflow's client: MLFLOW_TRACKING_SERVER_CERT_PATH={ca})")
     if settings.server.auth.enabled:
         print(
             f"sign-in required: user {settings.server.auth.admin_user}, password in "
@@ -90,7 +94,8 @@ def metrics(c, url=None, profile=None, config=None):
     with user_errors():
         settings = _settings(profile, config)
         target = (url or settings.server.url).rstrip("/")
-        figures = request_figures(fetch_metrics(target))
+        ca = client_ca(settings)
+        figures = request_figures(fetch_metrics(target, ca=str(ca) if ca else None))
     if not figures:
         print(f"{target}/metrics counts no request yet (/health and artifact transfers are not counted)")
         return

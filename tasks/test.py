@@ -19,6 +19,7 @@ from tasks.libs.cluster.plan import lb_url
 from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.errors import ConfigError, UserError
 from tasks.libs.core.settings import Settings
+from tasks.libs.core.tls import CERT_PATH_ENV, client_ca
 from tasks.libs.reporting.writers import format_table, report_dir_for, write_reports
 from tasks.libs.security.suite import run_security
 from tasks.libs.security.target import target_from_settings
@@ -33,6 +34,8 @@ DEPLOYMENT_HELP = {
     "config": CONFIG_HELP,
     "backend": "sqlite or postgres: which configured store the storage check opens",
     "otlp_url": "where OpenTelemetry exporters reach the server, when not at --url (e.g. the name collectors use)",
+    "ca": "CA file an https server's certificate is verified with (default: the tool's own CA for its own "
+    "server or load balancer, else MLFLOW_TRACKING_SERVER_CERT_PATH, else the system's trust store)",
 }
 SECURITY_HELP = {
     "url": "server to probe (default: the configured server); another URL is probed from the outside only",
@@ -41,16 +44,28 @@ SECURITY_HELP = {
     "profile": PROFILE_HELP,
     "config": CONFIG_HELP,
     "backend": "sqlite or postgres: whose local files, processes and PostgreSQL the exposure probes look at",
+    "ca": "CA file an https server's certificate is verified with (default: the tool's own CA for its own "
+    "server or load balancer, else MLFLOW_TRACKING_SERVER_CERT_PATH, else the system's trust store)",
 }
 PYTEST_HELP = {"args": 'extra arguments for pytest, e.g. "-k registry -x"'}
 
 
 @task(help=DEPLOYMENT_HELP)
 def deployment(
-    c, url=None, report_dir=None, cleanup=False, browser=None, profile=None, config=None, backend=None, otlp_url=None
+    c,
+    url=None,
+    report_dir=None,
+    cleanup=False,
+    browser=None,
+    profile=None,
+    config=None,
+    backend=None,
+    ca=None,
+    otlp_url=None,
 ):
     """Run the eleven deployment checks against a server; exit non-zero if any check fails."""
     settings = settings_from(profile, config, backend=backend).settings
+    ca_file = _ca_flag(ca)
     configured_url = settings.server.url
     target = (url or configured_url).rstrip("/")
     store_uri, store_skip = None, None
@@ -59,6 +74,7 @@ def deployment(
         settings = settings_from(profile, config, backend="postgres").settings
     if target in (configured_url.rstrip("/"), lb_url(settings)):
         os.environ.update(client_env(settings))  # sign in when the server runs with basic auth
+        ca_file = ca_file or client_ca(settings)
         storage = storage_arguments(settings)
         try:
             store_uri = backend_store_uri(settings, reveal=True)
@@ -73,6 +89,8 @@ def deployment(
         if otlp_url and urlsplit(otlp_url).scheme not in ("http", "https"):
             raise UserError(f"--otlp-url {otlp_url!r} is not an http(s) URL; give e.g. http://mlflow.internal:5000")
     print(f"checking {target}; report in {out_dir}")
+    if target.startswith("https:"):
+        print(f"verifying its certificate with {ca_file or os.environ.get(CERT_PATH_ENV) or 'the system trust store'}")
     report = run_checks(
         target,
         report_dir=out_dir,
@@ -80,6 +98,7 @@ def deployment(
         store_skip_reason=store_skip,
         **storage,
         browser=None if browser.lower() == "none" else browser,
+        ca_file=ca_file,
         cleanup=cleanup,
         otlp_url=otlp_url,
         on_result=lambda r: print(f"  {r.number}. {r.name}: {r.status} ({r.duration:.1f} s)", flush=True),
@@ -94,11 +113,14 @@ def deployment(
 
 
 @task(help=SECURITY_HELP)
-def security(c, url=None, allow_writes=False, report_dir=None, profile=None, config=None, backend=None):
+def security(c, url=None, allow_writes=False, report_dir=None, profile=None, config=None, backend=None, ca=None):
     """Probe a live MLflow server for the holes MLflow servers have had; exit non-zero if any probe fails."""
     settings = settings_from(profile, config, backend=backend).settings
+    ca_file = _ca_flag(ca)
     with user_errors():
-        target = target_from_settings(settings, url=url, allow_writes=allow_writes)
+        target = target_from_settings(
+            settings, url=url, allow_writes=allow_writes, ca=str(ca_file) if ca_file else None
+        )
     out_dir = _report_dir(report_dir, settings, "security")
     print(f"probing {target.url}; report in {out_dir}")
     for note in target.notes:
@@ -114,6 +136,18 @@ def security(c, url=None, allow_writes=False, report_dir=None, profile=None, con
     print("report: " + ", ".join(str(p) for p in paths.values()))
     if report.failed:
         raise Exit(f"{len(report.failed)} probe(s) failed: {', '.join(c.name for c in report.failed)}", code=1)
+
+
+def _ca_flag(ca: str | None) -> Path | None:
+    """--ca: an existing file, absolute from here on."""
+    if ca is None:
+        return None
+    path = Path(ca).expanduser().resolve()
+    if not path.is_file():
+        raise Exit(
+            f"error: --ca {ca}: no such file; give the CA certificate (PEM) the server's certificate chains to", code=1
+        )
+    return path
 
 
 def _report_dir(report_dir: str | None, settings: Settings, prefix: str) -> Path:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 
 from tasks.libs.bench.footprint import tree_memory
-from tasks.libs.core.processes import start_group, stop_group
-from tasks.libs.core.waits import wait_until
+from tasks.libs.core.managed import Launch, ManagedProcess
+from tasks.libs.core.processes import ProcessRecord
 
 # A leader and the child it starts, each touching 100 MiB of its own memory, then waiting.
 TREE = """\
@@ -24,13 +24,22 @@ time.sleep(600)
 def test_tree_memory_sums_every_process_of_the_group(tmp_path):
     script = tmp_path / "tree.py"
     script.write_text(TREE)
-    proc = start_group([sys.executable, str(script)], env={}, log_path=tmp_path / "tree.log")
+    tree = ManagedProcess(
+        "the tree", pid_file=tmp_path / "tree.pid", log_file=tmp_path / "tree.log", record=ProcessRecord
+    )
+    markers = (tmp_path / "tree.py.child", tmp_path / "tree.py.leader")
+    record = tree.start(
+        Launch(
+            command=[sys.executable, str(script)],
+            env={},
+            cwd=tmp_path,
+            ready=lambda: None if all(p.exists() for p in markers) else "not every process has touched its memory",
+            timeout=60,
+        )
+    )
     try:
-        ready = (tmp_path / "tree.py.child", tmp_path / "tree.py.leader")
-        assert wait_until(lambda: all(p.exists() for p in ready), timeout=60)
-        rss, pss = tree_memory(proc.pid)
+        rss, pss = tree_memory(record.pgid)
         assert 200 * 2**20 <= pss <= rss < 400 * 2**20
     finally:
-        stop_group(proc.pid, grace=5)
-        proc.wait(timeout=30)
-    assert tree_memory(proc.pid) == (0, 0)
+        tree.stop()
+    assert tree_memory(record.pgid) == (0, 0)

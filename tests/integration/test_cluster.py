@@ -1,16 +1,22 @@
 """A whole cluster on the session's PostgreSQL, started once for the module: 2 replicas (2 workers,
-metrics on) behind HAProxy, PgBouncer, a synchronous streaming standby as read replica, the
-embedded S3 in proxied mode and postgres_exporter."""
+metrics on) behind HAProxy terminating TLS with the tool's private CA, PgBouncer, a synchronous
+streaming standby as read replica, the embedded S3 in proxied mode and postgres_exporter."""
 
 from __future__ import annotations
 
+import http.client
+import re
 import shutil
+import socket
+import ssl
+import stat
 import threading
 import urllib.request
 
 import pytest
 import requests
 import yaml
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from tasks.libs.artifacts.s3 import EmbeddedS3
 from tasks.libs.cluster.haproxy import Haproxy
@@ -18,11 +24,14 @@ from tasks.libs.cluster.orchestrate import cluster_down, cluster_status, cluster
 from tasks.libs.cluster.pgbouncer import PgBouncer
 from tasks.libs.cluster.plan import replica_plans
 from tasks.libs.cluster.standby import Standby, with_standby
+from tasks.libs.core import tls
 from tasks.libs.core.processes import port_is_free
 from tasks.libs.monitoring.metrics import fetch_metrics, total_requests
 from tasks.libs.monitoring.prometheus import promtool_check
 from tasks.libs.postgres.connection import connect
-from tests.support.cli import pid_files, processes_in
+from tasks.libs.security.suite import all_probes, run_security
+from tasks.libs.security.target import target_from_settings
+from tests.support.cli import hermetic_env, inv, pid_files, processes_in
 from tests.support.cluster import cluster_settings, log_through, stored_steps
 
 pytestmark = pytest.mark.integration
@@ -39,6 +48,7 @@ def cluster(pg_settings):
             "artifacts.store": "s3",
             "server.metrics": True,
             "monitoring.postgres_exporter.enabled": True,
+            "cluster.tls": True,
         },
     )
     lines: list[str] = []
@@ -63,10 +73,22 @@ def cluster(pg_settings):
         shutil.rmtree(settings.state_path, ignore_errors=True)
 
 
+def printed_ca(lines: list[str]) -> str:
+    """The CA cluster.up told clients to trust."""
+    found = [re.search(r"clients trust (\S+)$", line) for line in lines if line.startswith("TLS: HAProxy serves")]
+    assert found and found[0], lines
+    return found[0].group(1)
+
+
 @pytest.fixture(scope="module")
 def experiment(cluster):
-    settings, result, _ = cluster
-    answer = requests.post(f"{result.url}/api/2.0/mlflow/experiments/create", json={"name": "cluster"}, timeout=60)
+    settings, result, lines = cluster
+    answer = requests.post(
+        f"{result.url}/api/2.0/mlflow/experiments/create",
+        json={"name": "cluster"},
+        timeout=60,
+        verify=printed_ca(lines),
+    )
     answer.raise_for_status()
     return answer.json()["experiment_id"]
 
@@ -121,7 +143,7 @@ def test_k_requests_raise_the_request_counter_by_k_across_workers(cluster, exper
 
 
 def test_pgbouncer_keeps_postgres_connections_within_its_pool_under_eight_clients(cluster, experiment):
-    settings, result, _ = cluster
+    settings, result, lines = cluster
     pool = PgBouncer(settings).running()
     assert pool is not None
     samples: list[int] = []
@@ -145,7 +167,7 @@ def test_pgbouncer_keeps_postgres_connections_within_its_pool_under_eight_client
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
-        logged = log_through(result.url, experiment, clients=8, calls=25)
+        logged = log_through(result.url, experiment, clients=8, calls=25, verify=printed_ca(lines))
     finally:
         done.set()
         sampler.join()
@@ -156,12 +178,13 @@ def test_pgbouncer_keeps_postgres_connections_within_its_pool_under_eight_client
 
 
 def test_reads_go_to_the_standby_and_db_status_shows_its_lag(cluster, experiment):
-    settings, result, _ = cluster
+    settings, result, lines = cluster
     for _ in range(10):
         answer = requests.post(
             f"{result.url}/api/2.0/mlflow/runs/search",
             json={"experiment_ids": [experiment], "max_results": 5},
             timeout=30,
+            verify=printed_ca(lines),
         )
         assert answer.status_code == 200 and answer.json()["runs"]
     standby = Standby(settings)
@@ -204,3 +227,74 @@ def test_prometheus_files_scrape_every_replica_and_pass_promtool(cluster):
     with urllib.request.urlopen(f"http://127.0.0.1:{settings.cluster.lb.stats_port}/metrics") as resp:
         assert 'haproxy_server_status{proxy="replicas",server="r1",state="UP"} 1' in resp.read().decode()
     assert Haproxy(settings).states()["r0"]["status"] == "UP"
+
+
+def test_the_load_balancer_answers_https_with_our_certificate_and_refuses_plain_http(cluster):
+    settings, result, lines = cluster
+    ca = printed_ca(lines)
+    assert result.url == f"https://127.0.0.1:{settings.cluster.lb.port}"
+    assert requests.get(f"{result.url}/health", timeout=10, verify=ca).status_code == 200
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(f"{result.url}/health", timeout=10)  # without the CA: refused, never trusted blindly
+    context = ssl.create_default_context(cafile=ca)
+    raw = socket.create_connection(("127.0.0.1", settings.cluster.lb.port), timeout=10)
+    with context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+        served = conn.getpeercert(binary_form=True)
+    assert served == tls.load_cert(tls.tls_files(settings).cert).public_bytes(Encoding.DER)
+    # plain HTTP on the same port: the connection is closed without an HTTP answer
+    plain = http.client.HTTPConnection("127.0.0.1", settings.cluster.lb.port, timeout=10)
+    with pytest.raises((http.client.HTTPException, ConnectionError)):
+        plain.request("GET", "/health")
+        plain.getresponse()
+    plain.close()
+    # the replicas behind it stay plain HTTP on loopback
+    assert all(p.url.startswith("http://127.0.0.1:") for p in replica_plans(settings))
+    assert "HAProxy terminates it" in cluster_status(settings)["info"]["tls"]
+    # the pem HAProxy reads is private and only its path is in the config
+    pem = settings.state_path / "secrets" / "tls" / "haproxy.pem"
+    assert stat.S_IMODE(pem.stat().st_mode) == 0o600
+    config = Haproxy(settings).cfg.read_text()
+    assert f"ssl crt {pem}" in config and "PRIVATE KEY" not in config
+
+
+def test_deployment_checks_pass_through_the_https_load_balancer_with_the_printed_ca(cluster, state_dir, tmp_path):
+    """`inv test.deployment --url https://<lb> --ca <the CA cluster.up printed>`, as a user runs it."""
+    _, result, lines = cluster
+    done = inv(
+        "test.deployment", "--url", result.url, "--ca", printed_ca(lines), "--browser", "none",
+        "--report-dir", str(tmp_path), env=hermetic_env(state_dir),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "7. model registry: PASS" in done.stdout
+
+
+def test_the_tls_probes_pass_through_the_load_balancer(cluster):
+    settings, result, _ = cluster
+    target = target_from_settings(settings, url=result.url)
+    assert [name for name, _ in target.behind] == ["HAProxy", "replica r0", "replica r1"]
+    report = run_security(target, probes=[p for p in all_probes() if p.name in ("plain HTTP", "certificate")])
+    assert [(c.name, c.status) for c in report.checks] == [("plain HTTP", "PASS"), ("certificate", "PASS")], [
+        c.reason for c in report.checks
+    ]
+    assert "on loopback only" in report.checks[0].reason
+
+
+def test_replicas_answering_plain_http_beyond_loopback_fail_the_plain_http_probe(pg_settings):
+    """TLS on the load balancer, but the replicas bound to every interface (cluster.host 0.0.0.0):
+    clients on other machines could go around HAProxy's TLS. cluster.up warns; the probe FAILs."""
+    settings = cluster_settings(
+        pg_settings, "mlflow_cluster_open", {"cluster.tls": True, "cluster.host": "0.0.0.0", "server.workers": 1}, 1
+    )
+    lines: list[str] = []
+    try:
+        result = cluster_up(settings, say=lines.append)
+        assert any(line.startswith("WARNING: HAProxy terminates TLS but the replicas") for line in lines), lines
+        target = target_from_settings(settings, url=result.url)
+        report = run_security(target, probes=[p for p in all_probes() if p.name == "plain HTTP"])
+        (probe,) = report.checks
+        assert probe.status == "FAIL", probe.reason
+        port = settings.cluster.first_port
+        assert f"replica r0 answers plain HTTP ('HTTP/1.1 200 OK') on 0.0.0.0:{port}" in probe.reason
+    finally:
+        cluster_down(settings, wipe=True)
+        shutil.rmtree(settings.state_path, ignore_errors=True)

@@ -16,9 +16,8 @@ import pytest
 
 from tasks.libs.checks.runner import run_checks
 from tasks.libs.core.credentials import backend_store_uri
-from tasks.libs.core.errors import UserError
-from tasks.libs.core.processes import free_port, start_group, stop_group
-from tasks.libs.core.waits import wait_ready
+from tasks.libs.core.managed import Launch, ManagedProcess
+from tasks.libs.core.processes import ProcessRecord, free_port
 from tasks.libs.deploy.systemd import exec_words
 from tasks.libs.deploy.writer import export
 from tasks.libs.postgres.connection import recreate_database
@@ -81,15 +80,23 @@ def test_the_written_unit_runs_and_passes_the_deployment_checks(deployed_setting
         assert done.returncode == 0, done.stderr[-2000:]
 
     url = settings.server.url
-    proc = start_group(argv, env=env, log_path=settings.state_path / "server" / "unit.log", cwd=cwd)
+    server = ManagedProcess(
+        "the server started from the unit",
+        pid_file=settings.state_path / "server" / "unit.pid",
+        log_file=settings.state_path / "server" / "unit.log",
+        record=ProcessRecord,
+        grace=settings.server.stop_grace,
+    )
+    server.start(
+        Launch(
+            command=argv,
+            env=env,
+            cwd=Path(cwd),
+            ready=lambda: None if health(url) and store_answers(url) else "not ready",
+            timeout=settings.server.start_timeout,
+        )
+    )
     try:
-
-        def ready() -> str | None:
-            if proc.poll() is not None:
-                raise UserError(f"the server exited with {proc.returncode}")
-            return None if health(url) and store_answers(url) else "not ready"
-
-        wait_ready(ready, timeout=settings.server.start_timeout, what="the server started from the unit")
         report = run_checks(
             url,
             report_dir=tmp_path / "report",
@@ -112,4 +119,4 @@ def test_the_written_unit_runs_and_passes_the_deployment_checks(deployed_setting
         with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST|No Experiment"):
             MlflowClient(url).get_experiment(str(report.experiment_id))
     finally:
-        stop_group(proc.pid, grace=settings.server.stop_grace)
+        server.stop()

@@ -208,7 +208,7 @@ def test_rewrite_artifact_root_moves_every_location_and_refuses_an_overflow(stor
 
 def test_migrate_refuses_while_our_server_runs(stores):
     sqlite_settings, pg = stores
-    sleeper = subprocess.Popen(["sleep", "60"])
+    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)  # a group of its own, as a server has
     try:
         pretend_server_runs(pg, sleeper.pid)
         with pytest.raises(UserError, match="server.stop"):

@@ -147,7 +147,7 @@ def test_apply_needs_a_backup_of_this_revision_and_a_stopped_server(old):
     aged.lifecycle.max_backup_age = "0s"
     with pytest.raises(UserError, match="more than lifecycle.max_backup_age"):
         apply_upgrade(aged, no_backup=False, say=lambda _: None)
-    sleeper = subprocess.Popen(["sleep", "60"])
+    sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)  # a group of its own, as a server has
     try:
         pretend_server_runs(old, sleeper.pid)
         with pytest.raises(UserError, match="server.stop"):

@@ -65,7 +65,7 @@ def _launch(tmp_path: Path, port: int, **overrides) -> Launch:
         cwd=tmp_path,
         ready=lambda: _answers(port),
         timeout=20,
-        listeners=[Listener("127.0.0.1", port, "test.port")],
+        listeners=[Listener("127.0.0.1", port, "set test.port")],
     )
     values.update(overrides)
     return Launch(**values)  # type: ignore[arg-type]
@@ -82,7 +82,7 @@ def test_a_group_whose_leader_died_is_still_running_and_stop_takes_all_of_it(tmp
     assert process.running() == record, "the worker lives on: the group is running"
     assert _answers(port) is None
 
-    message = process.stop(listeners=[Listener("127.0.0.1", port, "test.port")])
+    message = process.stop(listeners=[Listener("127.0.0.1", port, "set test.port")])
     assert message.startswith(f"stopped the test server (pid {record.pid}")
     assert process.members(record) == [] and port_is_free("127.0.0.1", port)
     assert process.running() is None and not process.pid_file.exists()

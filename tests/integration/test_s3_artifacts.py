@@ -51,7 +51,9 @@ def servers():
             list(pool.map(stop_server, made.values()))
         for settings in made.values():
             assert processes_in(settings.state_path) == [], "something of the server is still running"
-            assert not EmbeddedS3(settings).pid_file.exists() and port_is_free("127.0.0.1", settings.artifacts.s3.port)
+            assert not EmbeddedS3(settings).process.pid_file.exists() and port_is_free(
+                "127.0.0.1", settings.artifacts.s3.port
+            )
             shutil.rmtree(settings.state_path, ignore_errors=True)
 
 

@@ -30,6 +30,7 @@ from tasks.libs.security.target import Target, basic, target_from_settings
 from tests.support.settings import LiveServer, live_server, make_settings, make_state_dir
 
 AUTH_ONLY = {"default password", "permissions", "workspace isolation"}
+TLS_ONLY = {"plain HTTP", "certificate"}  # SKIPPED on a plain-HTTP deployment (tests/integration/test_tls.py)
 
 
 def probe(target: Target, *names: str) -> dict[str, CheckResult]:
@@ -90,7 +91,7 @@ def test_default_sqlite_deployment_passes_every_probe(sqlite_server):
     target = target_from_settings(sqlite_server.settings)
     assert target.owned and target.can_write
     results = probe(target)
-    skipped = AUTH_ONLY | {"pg_hba", "secrets"}  # no sign-in, no PostgreSQL, no secret configured
+    skipped = AUTH_ONLY | TLS_ONLY | {"pg_hba", "secrets"}  # no sign-in, TLS, PostgreSQL or secret configured
     assert {n for n, s in statuses(results).items() if s != PASS} == skipped, results
     assert "19 traversal reads refused (19x HTTP 400)" in results["artifact traversal (read)"].reason
     assert "nothing changed outside the artifact root on disk" in results["artifact traversal (write)"].reason
@@ -103,7 +104,7 @@ def test_default_postgres_deployment_passes_every_probe(postgres_server, pg_sett
     settings = postgres_server.settings.model_copy(deep=True)
     settings.postgres.local.cluster_dir = str(LocalPostgres(pg_settings).root)
     results = probe(target_from_settings(settings))
-    assert {n for n, s in statuses(results).items() if s != PASS} == AUTH_ONLY, results
+    assert {n for n, s in statuses(results).items() if s != PASS} == AUTH_ONLY | TLS_ONLY, results
     assert "none trusts TCP clients (read from pg_hba_file_rules)" in results["pg_hba"].reason
     assert "PostgreSQL on 127.0.0.1:" in results["listen addresses"].reason
     assert "absent from" in results["secrets"].reason
@@ -278,7 +279,9 @@ def test_auth_server_passes_and_a_planted_default_password_fails(auth_server):
     target = target_from_settings(auth_server.settings)
     assert target.credentials and target.credentials[0] == "root"
     results = probe(target)
-    assert {n for n, s in statuses(results).items() if s != PASS} == {"pg_hba", "workspace isolation"}, results
+    assert {n for n, s in statuses(results).items() if s != PASS} == {"pg_hba", "workspace isolation"} | TLS_ONLY, (
+        results
+    )
     assert "runs without workspaces" in results["workspace isolation"].reason
     assert "default user/password pairs refused" in results["default password"].reason
     admin = {"Authorization": basic(*target.credentials)}

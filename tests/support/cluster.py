@@ -53,22 +53,25 @@ class Logged:
         return sum(len(steps) for steps in self.acked.values())
 
 
-def log_through(url: str, experiment_id: str, *, clients: int, calls: int) -> Logged:
+def log_through(url: str, experiment_id: str, *, clients: int, calls: int, verify: str | bool = True) -> Logged:
     """clients threads, each a run of its own and calls log-metric requests on one kept-alive
-    connection; no retries, so that every failure is counted."""
+    connection; no retries, so that every failure is counted. verify: the CA of an https url."""
     logged = Logged()
     lock = threading.Lock()
 
     def client(n: int) -> None:
         with requests.Session() as http:
-            run = http.post(f"{url}/api/2.0/mlflow/runs/create", json={"experiment_id": experiment_id}, timeout=60)
+            # per request: REQUESTS_CA_BUNDLE in the environment would override a session's verify
+            run = http.post(
+                f"{url}/api/2.0/mlflow/runs/create", json={"experiment_id": experiment_id}, timeout=60, verify=verify
+            )
             run.raise_for_status()
             run_id = run.json()["run"]["info"]["run_id"]
             steps = []
             for step in range(calls):
                 body = {"run_id": run_id, "key": "loss", "value": float(step), "timestamp": 0, "step": step}
                 try:
-                    answer = http.post(f"{url}/api/2.0/mlflow/runs/log-metric", json=body, timeout=60)
+                    answer = http.post(f"{url}/api/2.0/mlflow/runs/log-metric", json=body, timeout=60, verify=verify)
                     if answer.status_code == 200:
                         steps.append(step)
                     else:

@@ -93,3 +93,31 @@ def test_a_missing_password_refuses_before_anything_is_generated_or_written(tmp_
     with pytest.raises(UserError, match="no PostgreSQL password to write: .* MLFLOW_OPS_POSTGRES__PASSWORD"):
         export(settings, "systemd", profile="prod", out=tmp_path / "out", write_secrets=True)
     assert not (tmp_path / "state").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fmt", ["compose", "helm", "systemd"])
+def test_tls_files_are_written_only_with_write_secrets_and_the_key_is_private(fmt, tmp_path):
+    settings = profile_settings(
+        "prod",
+        **{"state_dir": str(tmp_path / "state"), "server.tls.enabled": True, **CASES["prod"][1]},
+    )
+    plain = export(settings, fmt, profile="prod", out=tmp_path / "plain", write_secrets=False)
+    assert not (plain.out / "tls").exists()
+    key_lines: list[str] = []
+    written = export(settings, fmt, profile="prod", out=tmp_path / "out", write_secrets=True)
+    key_file = settings.state_path / "secrets" / "tls" / "server.key"
+    key_lines = [line for line in key_file.read_text().splitlines() if not line.startswith("-----")]
+    for name in written.files:  # no key in any file that is not a secrets file
+        assert not any(line in (written.out / name).read_text() for line in key_lines), name
+    if fmt == "helm":
+        objects = list(yaml.safe_load_all((written.out / "secrets.yaml").read_text()))
+        (tls_secret,) = [o for o in objects if o and o["type"] == "kubernetes.io/tls"]
+        assert (
+            tls_secret["metadata"]["name"] == "mlflow-ops-tls" and "PRIVATE KEY" in tls_secret["stringData"]["tls.key"]
+        )
+        return
+    assert stat.S_IMODE((written.out / "tls" / "server.key").stat().st_mode) == 0o600
+    assert (written.out / "tls" / "ca.crt").read_text().startswith("-----BEGIN CERTIFICATE-----")
+    from tasks.libs.core import tls
+
+    assert tls.covers(tls.load_cert(written.out / "tls" / "server.crt"), "mlflow.example.com")  # deploy.public_host

@@ -1,26 +1,40 @@
-"""Pid files: a live record is returned, a stale one (process gone or pid reused) removed."""
+"""Pid files read through ManagedProcess: a live record is returned, a stale one (process gone or
+pid reused) or a corrupt one removed. No process is started: the record names this test's own."""
 
 import os
 
+from tasks.libs.core.managed import ManagedProcess
 from tasks.libs.core.processes import ProcessRecord
 
 
-def test_live_returns_the_record_of_a_running_process(tmp_path):
-    path = tmp_path / "me.pid"
-    ProcessRecord.of(os.getpid()).write(path)
-    record = ProcessRecord.live(path)
-    assert record is not None and record.pid == os.getpid() and path.exists()
+def _process(tmp_path, name: str = "me") -> ManagedProcess[ProcessRecord]:
+    return ManagedProcess(
+        name, pid_file=tmp_path / f"{name}.pid", log_file=tmp_path / f"{name}.log", record=ProcessRecord
+    )
 
 
-def test_live_removes_a_pid_file_whose_pid_was_reused(tmp_path):
-    path = tmp_path / "reused.pid"
+def test_running_returns_the_record_of_a_live_process(tmp_path):
+    process = _process(tmp_path)
+    ProcessRecord.of(os.getpid()).write(process.pid_file)
+    record = process.running()
+    assert record is not None and record.pid == os.getpid() and process.pid_file.exists()
+    assert process.leader_alive(record)
+
+
+def test_running_removes_a_pid_file_whose_pid_was_reused(tmp_path):
+    """Our pid with another start time: the recorded program is gone, and no member of the group
+    (ours is whatever group pytest runs in) counts as its."""
+    process = _process(tmp_path, "reused")
     mine = ProcessRecord.of(os.getpid())
-    ProcessRecord(pid=mine.pid, pgid=mine.pgid, create_time=mine.create_time - 3600, started_at=0).write(path)
-    assert ProcessRecord.live(path) is None and not path.exists()
+    ProcessRecord(pid=mine.pid, pgid=mine.pgid, create_time=mine.create_time - 3600, started_at=0).write(
+        process.pid_file
+    )
+    assert process.members() == []
+    assert process.running() is None and not process.pid_file.exists()
 
 
-def test_live_without_a_pid_file_or_with_a_corrupt_one_is_none(tmp_path):
-    assert ProcessRecord.live(tmp_path / "missing.pid") is None
-    corrupt = tmp_path / "corrupt.pid"
-    corrupt.write_text("{not json")
-    assert ProcessRecord.live(corrupt) is None and not corrupt.exists()
+def test_running_without_a_pid_file_or_with_a_corrupt_one_is_none(tmp_path):
+    assert _process(tmp_path, "missing").running() is None
+    corrupt = _process(tmp_path, "corrupt")
+    corrupt.pid_file.write_text("{not json")
+    assert corrupt.running() is None and not corrupt.pid_file.exists()

@@ -82,3 +82,17 @@ def test_workspaces_flag_follows_the_setting(tmp_path):
         make_settings(tmp_path, **{"server.workspaces": True}), stock=True
     )
     assert server_command(make_settings(tmp_path, **{"server.workspaces": True}))[-1] == "--enable-workspaces"
+
+
+def test_tls_puts_the_certificate_paths_in_uvicorn_opts_for_every_server_it_starts(tmp_path):
+    tls_on = {"server.tls.enabled": True, "artifacts.store": "s3", "artifacts.mode": "split"}
+    settings = make_settings(tmp_path, **tls_on, **{"artifacts.artifacts_server.port": 4000})
+    files = f"--ssl-certfile {tmp_path}/secrets/tls/server.crt --ssl-keyfile {tmp_path}/secrets/tls/server.key"
+    assert flag(server_command(settings), "--uvicorn-opts") == f"--no-access-log {files}"
+    assert flag(server_command(settings, stock=True), "--uvicorn-opts") == f"--http h11 --loop asyncio {files}"
+    # split mode: the artifacts-only server on server.host serves the same certificate, at an https URL
+    assert flag(artifacts_server_command(settings), "--uvicorn-opts") == f"--no-access-log {files}"
+    assert str(flag(server_command(settings), "--default-artifact-root")).startswith("https://127.0.0.1:4000/")
+    no_log = make_settings(tmp_path, **{"server.tls.enabled": True, "server.uvicorn_opts": ""})
+    assert flag(server_command(no_log), "--uvicorn-opts") == files
+    assert "--ssl-keyfile" not in " ".join(server_command(make_settings(tmp_path)))

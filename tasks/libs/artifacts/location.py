@@ -13,11 +13,13 @@ never in argv.
 
 from __future__ import annotations
 
+import shlex
 import sys
 from urllib.parse import urlsplit
 
 from tasks.libs.core.credentials import generated_secret
 from tasks.libs.core.settings import Settings
+from tasks.libs.core.tls import uvicorn_tls_opts
 
 ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts/experiments"
 
@@ -73,9 +75,10 @@ def server_artifact_args(settings: Settings) -> list[str]:
 
 
 def artifacts_server_url(settings: Settings) -> str:
-    """Split mode: where the --artifacts-only server answers (on the tracking server's host)."""
+    """Split mode: where the --artifacts-only server answers (on the tracking server's host, with its TLS)."""
     host = "127.0.0.1" if settings.server.host in ("0.0.0.0", "::") else settings.server.host
-    return f"http://{host}:{settings.artifacts.artifacts_server.port}"
+    scheme = "https" if settings.server.tls.enabled else "http"
+    return f"{scheme}://{host}:{settings.artifacts.artifacts_server.port}"
 
 
 def artifacts_server_command(settings: Settings) -> list[str]:
@@ -100,9 +103,12 @@ def artifacts_server_command(settings: Settings) -> list[str]:
         "--allowed-hosts",
         allowed,
     ]
+    opts = shlex.split(settings.server.uvicorn_opts)
+    if settings.server.tls.enabled:  # on server.host beside the tracking server: never plain HTTP there
+        opts += uvicorn_tls_opts(settings)
     if settings.server.workspaces:  # requests name their workspace; it scopes paths to workspaces/<name>/
         cmd.append("--enable-workspaces")
-    return cmd + (["--uvicorn-opts", settings.server.uvicorn_opts] if settings.server.uvicorn_opts else [])
+    return cmd + (["--uvicorn-opts", shlex.join(opts)] if opts else [])
 
 
 def client_s3_env(settings: Settings) -> dict[str, str]:

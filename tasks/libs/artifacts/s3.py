@@ -22,20 +22,10 @@ from urllib.parse import unquote, urlparse
 
 from tasks.libs.artifacts.location import s3_credentials, s3_endpoint, s3_env
 from tasks.libs.core.credentials import known_secrets
-from tasks.libs.core.errors import UserError
-from tasks.libs.core.processes import (
-    ProcessRecord,
-    is_alive,
-    port_holder,
-    port_is_free,
-    start_group,
-    stop_group,
-    tail,
-)
+from tasks.libs.core.managed import Launch, Listener, ManagedProcess
+from tasks.libs.core.processes import ProcessRecord
 from tasks.libs.core.programs import require_module
-from tasks.libs.core.redact import redact
 from tasks.libs.core.settings import Settings
-from tasks.libs.core.waits import wait_ready
 
 
 @dataclass
@@ -171,9 +161,15 @@ class EmbeddedS3:
         self.settings = settings
         self.cfg = settings.artifacts.s3
         self.root = settings.state_path / "s3"
-        self.pid_file = self.root / "s3.pid"
-        self.log_file = self.root / "s3.log"
         self.url = f"http://{self.cfg.host}:{self.cfg.port}"
+        self.process = ManagedProcess(
+            "the embedded S3",
+            pid_file=self.root / "s3.pid",
+            log_file=self.root / "s3.log",
+            record=S3Record,
+            grace=5,  # moto exits on SIGTERM at once
+            secrets=lambda: known_secrets(settings),
+        )
 
     def start(self) -> str:
         """Start it (or reuse ours) and make sure the bucket exists."""
@@ -183,55 +179,28 @@ class EmbeddedS3:
             return f"embedded S3 already running on {current.url} (pid {current.pid}); reused"
         require_module("moto", "the embedded S3 (artifacts.s3.provider embedded)")
         require_module("boto3", "artifacts.store s3")
-        if not port_is_free(self.cfg.host, self.cfg.port):
-            raise UserError(
-                f"port {self.cfg.port} on {self.cfg.host} is in use by {port_holder(self.cfg.port)}; "
-                "stop that or set artifacts.s3.port"
-            )
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # The credentials moto would print in a request log travel in its environment only.
-        env = {**os.environ, **s3_env(self.settings)}
-        proc = start_group(
-            [sys.executable, "-m", "moto.server", "-H", self.cfg.host, "-p", str(self.cfg.port)],
-            env=env,
-            log_path=self.log_file,
+        launch = Launch(
+            command=[sys.executable, "-m", "moto.server", "-H", self.cfg.host, "-p", str(self.cfg.port)],
+            # The credentials moto would print in a request log travel in its environment only.
+            env={**os.environ, **s3_env(self.settings)},
             cwd=self.root,
+            ready=self._bucket_problem,
+            timeout=self.cfg.start_timeout,
+            listeners=[Listener(self.cfg.host, self.cfg.port, "set artifacts.s3.port")],
+            fields=dict(
+                host=self.cfg.host,
+                port=self.cfg.port,
+                url=self.url,
+                bucket=self.cfg.bucket,
+                log=str(self.process.log_file),
+            ),
         )
-        record = S3Record.of(
-            proc.pid,
-            host=self.cfg.host,
-            port=self.cfg.port,
-            url=self.url,
-            bucket=self.cfg.bucket,
-            log=str(self.log_file),
-        )
-        record.write(self.pid_file)
-
-        def probe() -> str | None:
-            if proc.poll() is not None:
-                raise UserError("the embedded S3 exited during start-up")
-            return self._not_ready()
-
-        try:
-            wait_ready(probe, timeout=self.cfg.start_timeout, what="the embedded S3")
-            self._ensure_bucket()
-        except UserError as exc:
-            stop_group(record.pgid, grace=5)
-            self.pid_file.unlink(missing_ok=True)
-            log = redact(tail(self.log_file, 10), known_secrets(self.settings))
-            raise UserError(f"{exc}\n--- last lines of {self.log_file} ---\n{log}") from None
+        self.process.start(launch)
         return f"embedded S3 started on {self.url}, bucket {self.cfg.bucket} (in memory: a restart loses its objects)"
 
     def stop(self) -> str:
-        record = S3Record.read(self.pid_file)
-        if record is None:
-            return "the embedded S3 is not running"
-        if not is_alive(record):
-            self.pid_file.unlink(missing_ok=True)
-            return "the embedded S3 is not running (removed a stale pid file)"
-        how = stop_group(record.pgid, grace=5)  # moto exits on SIGTERM at once
-        self.pid_file.unlink(missing_ok=True)
-        return f"stopped the embedded S3 (pid {record.pid}, {how}); its objects are gone"
+        message = self.process.stop()
+        return f"{message}; its objects are gone" if message.startswith("stopped") else message
 
     def status(self) -> dict[str, Any]:
         record = self.running()
@@ -240,16 +209,17 @@ class EmbeddedS3:
         return {"embedded S3": f"{record.url} (pid {record.pid}), bucket {record.bucket}"}
 
     def running(self) -> S3Record | None:
-        return S3Record.live(self.pid_file)
+        return self.process.running()
 
-    def _not_ready(self) -> str | None:
+    def _bucket_problem(self) -> str | None:
+        """Ready once the bucket exists: a real S3 call answered (list_buckets, create_bucket)."""
         import botocore.exceptions
 
         try:
-            BucketView.of(self.settings).client().list_buckets()
+            self._ensure_bucket()
             return None
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            return f"list_buckets: {type(exc).__name__}"
+            return f"S3 API: {type(exc).__name__}"
 
     def _ensure_bucket(self) -> None:
         client = BucketView.of(self.settings).client()

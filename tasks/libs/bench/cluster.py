@@ -27,14 +27,16 @@ from tasks.libs.bench.stats import cell_stats, ratio
 from tasks.libs.bench.workload import OPS, ClientPool, WorkloadSpec, prepare_experiments, run_workload
 from tasks.libs.cluster.haproxy import Haproxy
 from tasks.libs.cluster.orchestrate import cluster_down, cluster_up
-from tasks.libs.cluster.plan import replica_plans
-from tasks.libs.cluster.replicas import replica_state
-from tasks.libs.core.processes import free_port, free_ports_in_a_row, group_members
+from tasks.libs.cluster.plan import lb_url, replica_plans
+from tasks.libs.cluster.replicas import replica_process
+from tasks.libs.core.managed import ManagedProcess
+from tasks.libs.core.processes import free_port, free_ports_in_a_row
 from tasks.libs.core.settings import Settings
+from tasks.libs.core.tls import trust_bundle, trust_for_clients
 from tasks.libs.postgres.connection import recreate_database
 from tasks.libs.postgres.providers import provider_for
 from tasks.libs.reporting.formats import number, table
-from tasks.libs.server.control import running_record, start_server, stop_server
+from tasks.libs.server.control import server_process, start_server, stop_server
 
 TARGETS = ("single", "cluster")
 
@@ -51,6 +53,7 @@ def run_cluster_bench(
     cluster = _isolate(base, root / "cluster", password, pg_port, "mlflow_bench_cluster", replicas)
     db = provider_for(single)
     pool: ClientPool | None = None
+    restore_trust = trust_for_clients(trust_bundle([single, cluster], root / "ca-bundle.pem"))
     reps: dict[tuple[str, int, str], list[dict]] = {}
     memory: dict[str, int] = {}
     try:
@@ -68,7 +71,7 @@ def run_cluster_bench(
             single_started.result()
             cluster_started.result()
             pool = pool_future.result()
-        urls = {"single": single.server.url, "cluster": f"http://127.0.0.1:{cluster.cluster.lb.port}"}
+        urls = {"single": single.server.url, "cluster": lb_url(cluster)}
         experiments = {t: prepare_experiments(urls[t], spec, label=t) for t in TARGETS}
         for t in TARGETS:  # untimed: warm every worker and connection
             run_workload(urls[t], spec, clients=spec.warmup_clients, pool=pool, ops=spec.warmup,
@@ -94,6 +97,7 @@ def run_cluster_bench(
         stop_server(single)
         cluster_down(cluster, wipe=True)
         db.stop()
+        restore_trust()
         shutil.rmtree(root, ignore_errors=True)
         progress("")
     cells = {key: cell_stats(r) for key, r in reps.items()}
@@ -145,17 +149,13 @@ def _isolate(base: Settings, state: Path, password: str, pg_port: int, database:
 
 def _rss_mb(settings: Settings, target: str) -> int:
     """Resident memory of everything the target runs (server groups, HAProxy), in MB."""
-    pgids = []
     if target == "single":
-        record = running_record(settings)
-        pgids = [record.pgid] if record else []
+        processes: list[ManagedProcess] = [server_process(settings)]
     else:
-        pgids = [s.record.pgid for s in map(replica_state, replica_plans(settings)) if s.record]
-        lb = Haproxy(settings).running()
-        pgids += [lb.pgid] if lb else []
+        processes = [*(replica_process(settings, p) for p in replica_plans(settings)), Haproxy(settings).process]
     total = 0
-    for pgid in pgids:
-        for proc in group_members(pgid):
+    for process in processes:
+        for proc in process.members():
             try:
                 total += proc.memory_info().rss
             except psutil.Error:

@@ -47,6 +47,7 @@ from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.processes import free_port
 from tasks.libs.core.settings import Settings
+from tasks.libs.core.tls import trust_bundle, trust_for_clients
 from tasks.libs.postgres.connection import connect, recreate_database
 from tasks.libs.postgres.providers import provider_for
 from tasks.libs.server.command import server_command, server_env
@@ -112,6 +113,8 @@ def run_bench(
     ]
     db = provider_for(pg_settings) if pg_settings else None
     pool = None
+    # server.tls on: every set-up serves HTTPS (stock too); clients spawned below trust their CAs.
+    restore_trust = trust_for_clients(trust_bundle([t.settings for t in targets], root / "ca-bundle.pem"))
     try:
         progress("starting PostgreSQL" if db else "starting servers")
         if db:
@@ -152,6 +155,7 @@ def run_bench(
             list(ex.map(lambda t: stop_server(t.settings), targets))
         if db:
             db.stop()
+        restore_trust()
         shutil.rmtree(root, ignore_errors=True)
         progress("")
     return _document(targets, spec, raw, env, started_at, time.monotonic() - began, client_mode)

@@ -173,7 +173,13 @@ def _otlp_trace(ctx: CheckContext) -> str:
     answers: list[requests.Response] = []
     session = requests.Session()
     session.hooks["response"].append(lambda response, *args, **kwargs: answers.append(response))
-    exporter = OTLPSpanExporter(endpoint=endpoint, headers=headers, timeout=OTLP_TIMEOUT_S, session=session)
+    exporter = OTLPSpanExporter(
+        endpoint=endpoint,
+        headers=headers,
+        timeout=OTLP_TIMEOUT_S,
+        session=session,
+        certificate_file=ctx.ca_file or None,  # an https server is verified with the run's CA (None: system store)
+    )
     try:
         with ctx.timed("logging call", f"OTLP export to {OTLP_PATH}"):
             result = exporter.export(made.get_finished_spans())

@@ -8,6 +8,10 @@ independent later check, and a check whose prerequisite failed is SKIPPED with "
 On a server with workspaces on (its server-info says so), the checks create a workspace of
 their own and make every request in it: MLflow's client sends the X-MLFLOW-WORKSPACE header
 for the workspace set with mlflow.set_workspace (MLFLOW_WORKSPACE).
+
+An https server is verified, never trusted blindly: the client (MLflow's, through
+MLFLOW_TRACKING_SERVER_CERT_PATH), the health probes, the OTLP exporter and the browser all
+check its certificate against ca_file (or the system's trust store).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from urllib.parse import unquote, urlsplit
 import requests
 
 from tasks.libs.core.redact import redact
+from tasks.libs.core.tls import CERT_PATH_ENV
 from tasks.libs.reporting import formats
 from tasks.libs.reporting.records import (
     FAIL,
@@ -76,6 +81,7 @@ class CheckContext:
     artifacts_dir: Path | None = None
     bucket: Any = None  # tasks.libs.artifacts.s3.BucketView when artifacts live in S3
     browser: str | None = DEFAULT_BROWSER
+    ca_file: str | None = None  # the CA an https server's certificate is verified with (None: system store)
     workspace: str | None = None  # the checks' own workspace, when the server has workspaces on
     otlp_url: str | None = None  # where OTLP exporters reach the server, when not at url
     prompt_name: str = ""
@@ -136,6 +142,7 @@ def run_checks(
     bucket: Any = None,
     client_env: dict[str, str] | None = None,
     browser: str | None = DEFAULT_BROWSER,
+    ca_file: str | Path | None = None,
     cleanup: bool = False,
     on_result: Callable[[CheckResult], None] | None = None,
     checks: list[Check] | None = None,
@@ -147,18 +154,21 @@ def run_checks(
     store_uri is the server's SQLAlchemy backend URI (password revealed; it is never written
     out), artifacts_dir its --artifacts-destination on disk, or bucket (a BucketView) when the
     artifacts live in S3. client_env is what the client needs besides (direct mode: the S3
-    endpoint and credentials), set for the run only. on_result is called after each
-    check, e.g. to print progress. cleanup deletes what the checks made afterwards. workspace:
-    run in a workspace of the checks' own (None: when the server's server-info says workspaces are
-    on). otlp_url: the server's address for OTLP exporters, when it differs from tracking_uri.
+    endpoint and credentials), set for the run only. ca_file is the CA an https server is
+    verified with (default MLFLOW_TRACKING_SERVER_CERT_PATH, else the system's trust store). on_result
+    is called after each check, e.g. to print progress. cleanup deletes what the checks made
+    afterwards. workspace: run in a workspace of the checks' own (None: when the server's
+    server-info says workspaces are on). otlp_url: the server's address for OTLP exporters, when
+    it differs from tracking_uri.
     """
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     url = tracking_uri.rstrip("/")
     hidden = _secrets_in(url, store_uri)
     stamp = formats.stamp() + "-" + _secrets.token_hex(2)
+    ca = str(ca_file or os.environ.get(CERT_PATH_ENV) or "") or None
     if workspace is None:
-        workspace = workspaces_enabled(url)
+        workspace = workspaces_enabled(url, verify=ca or True)
     report = Report(
         tracking_uri=redact(url),
         store=redact(store_uri) if store_uri else None,
@@ -169,6 +179,7 @@ def run_checks(
         workspace=f"{NAME_PREFIX}-{stamp}" if workspace else None,
         report_dir=report_dir,
     )
+    client_env = {**(client_env or {}), **({CERT_PATH_ENV: ca} if ca else {})}
     with client_environment(url, client_env), tempfile.TemporaryDirectory(prefix="mlflow-ops-check-") as work:
         from mlflow import MlflowClient
 
@@ -185,6 +196,7 @@ def run_checks(
             artifacts_dir=Path(artifacts_dir) if artifacts_dir else None,
             bucket=bucket,
             browser=browser,
+            ca_file=ca,
             workspace=report.workspace,
             otlp_url=otlp_url.rstrip("/") if otlp_url else None,
             prompt_name=report.prompt,
@@ -247,6 +259,14 @@ def describe_error(exc: BaseException, url: str) -> str:
     text = re.sub(r"\s*\[SQL:.*", "", text, flags=re.DOTALL)
     text = re.sub(r"\s*\(Background on this error at:.*", "", text, flags=re.DOTALL)
     low = text.lower()
+    if "certificate verify failed" in low or "sslcertverificationerror" in low:
+        why = re.search(r"certificate verify failed: ([^(\)'\"]+)", text)
+        return (
+            f"the certificate of {url} was not accepted ({why.group(1).strip() if why else 'verify failed'}); "
+            f"give the CA that signed it (--ca FILE or {CERT_PATH_ENV})"
+        )
+    if "wrong version number" in low or "record layer failure" in low:
+        return f"TLS to {url} failed: the server speaks plain HTTP there (use http://) or another protocol"
     if "sqlalchemy" in low or re.search(r"\((sqlite3|psycopg2?)[.\w]*\)", text):
         return f"the server's database failed: {text.split(': ', 1)[-1] if text.startswith(('BAD_REQUEST', 'INTERNAL_ERROR')) else text}"
     if "connection refused" in low or "failed to establish a new connection" in low:
@@ -271,7 +291,7 @@ def _is_mlflow_error(exc: BaseException) -> bool:
 def probe_health(url: str, timeout: float = 5.0) -> None:
     """Raise CheckFailed unless GET /health answers 200 (a fast, clear answer for a dead server)."""
     try:
-        response = requests.get(f"{url}/health", timeout=timeout)
+        response = requests.get(f"{url}/health", timeout=timeout, verify=tls_verify())
     except requests.ConnectionError as exc:
         raise CheckFailed(describe_error(exc, url)) from None
     except requests.Timeout:
@@ -282,9 +302,15 @@ def probe_health(url: str, timeout: float = 5.0) -> None:
 
 def server_is_up(url: str) -> bool:
     try:
-        return requests.get(f"{url}/health", timeout=5).status_code == 200
+        return requests.get(f"{url}/health", timeout=5, verify=tls_verify()).status_code == 200
     except requests.RequestException:
         return False
+
+
+def tls_verify() -> str | bool:
+    """requests' verify for the server under check: the CA the run set (client_environment), or the
+    system's trust store; never off."""
+    return os.environ.get(CERT_PATH_ENV) or True
 
 
 def upload_failure(what: str, exc: Exception, url: str) -> CheckFailed:
@@ -358,10 +384,10 @@ def _delete_workspace(ctx: CheckContext) -> bool:
     return True
 
 
-def workspaces_enabled(url: str, timeout: float = 5.0) -> bool:
+def workspaces_enabled(url: str, timeout: float = 5.0, verify: str | bool = True) -> bool:
     """The server runs with workspaces on (its server-info says so; an old or dead server: no)."""
     try:
-        response = requests.get(f"{url}{SERVER_INFO}", timeout=timeout)
+        response = requests.get(f"{url}{SERVER_INFO}", timeout=timeout, verify=verify)
         return response.status_code == 200 and response.json().get("workspaces_enabled") is True
     except (requests.RequestException, ValueError):
         return False

@@ -3,12 +3,23 @@ then (when the tracing check passed) the experiment's traces view and finds the 
 
 With workspaces on, the UI needs the workspace in the page's address (`?workspace=<name>`);
 without it, it shows a workspace picker instead of the experiment.
+
+Over https the browser verifies the certificate as any browser does: chain, dates and host
+name. It trusts a private CA (ctx.ca_file) the way Chromium on Linux trusts one a user
+installs: from the NSS database in $HOME/.pki/nssdb, here a throwaway HOME whose database
+holds only that CA (made with NSS's certutil, Debian package libnss3-tools). Certificate
+errors are never ignored, so an expired or wrong-host certificate fails the check.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -57,7 +68,10 @@ def check_web_ui(ctx: CheckContext) -> str:
         )
     else:
         traces_note = "; traces view not checked (the tracing check did not pass)"
-    seconds = open_and_find(ctx.url, pages, browser_path)
+    ca = ctx.ca_file if ctx.url.startswith("https:") else None
+    if ca and shutil.which("certutil") is None:
+        raise CheckSkipped(f"Chromium trusts {ca} through an NSS database made with certutil: inv deps (libnss3-tools)")
+    seconds = open_and_find(ctx.url, pages, browser_path, ca_file=ca)
     labels = ("experiment runs page until the run shows", "experiment traces view until the trace shows")
     for label, took in zip(labels, seconds):
         ctx.latencies.append(Latency("UI page", label, took))
@@ -78,19 +92,39 @@ def usable_browser(browser: str | None) -> str:
     return browser
 
 
-def open_and_find(url: str, pages: list[Page], browser_path: str) -> list[float]:
+@contextlib.contextmanager
+def trusting_home(ca_file: str | None) -> Iterator[dict[str, str | float | bool] | None]:
+    """The browser's environment: a HOME whose NSS database trusts ca_file alone (None: as it is)."""
+    if not ca_file:
+        yield None
+        return
+    home = Path(tempfile.mkdtemp(prefix="mlflow-ops-browser-"))
+    try:
+        nssdb = home / ".pki" / "nssdb"
+        nssdb.mkdir(parents=True, mode=0o700)
+        for args in (["-N", "--empty-password"], ["-A", "-n", "mlflow-ops-ca", "-t", "C,,", "-i", ca_file]):
+            done = subprocess.run(["certutil", "-d", f"sql:{nssdb}", *args], capture_output=True, text=True, timeout=30)
+            if done.returncode != 0:
+                raise CheckFailed(f"certutil could not add {ca_file} for the browser: {done.stderr.strip()[:200]}")
+        yield {**os.environ, "HOME": str(home)}
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def open_and_find(url: str, pages: list[Page], browser_path: str, *, ca_file: str | None = None) -> list[float]:
     """Load each page in one browser, wait until its text is visible, save a screenshot; the load times.
 
     A page that never shows its text still gets its screenshot: it is the best clue to why.
+    ca_file: the CA an https page's certificate must chain to (besides the system's roots).
     """
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     seconds = []
-    with sync_playwright() as pw:
+    with sync_playwright() as pw, trusting_home(ca_file) as env:
         try:
-            browser = pw.chromium.launch(executable_path=browser_path, headless=True, args=BROWSER_ARGS)
+            browser = pw.chromium.launch(executable_path=browser_path, headless=True, args=BROWSER_ARGS, env=env)
         except PlaywrightError as exc:
             raise CheckFailed(f"browser {browser_path} did not start: {_first_line(exc)}") from None
         try:

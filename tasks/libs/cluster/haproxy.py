@@ -12,6 +12,11 @@ Facts this relies on (measured here):
   `option redispatch`), so nothing is sent twice.
 - `haproxy -c`'s useful line names file:line ("parsing [cfg:2] : ..."); the last only says
   "Fatal errors found in configuration".
+- With cluster.tls the frontend is `bind ... ssl crt <pem>` (the pem holds certificate and key,
+  0600, in <state_dir>/secrets/tls; only its path is in the config). A plain-HTTP client on that
+  port gets its connection closed without an answer: nothing serves plain HTTP there, so nothing
+  (a password in an Authorization header) is ever sent in clear to be redirected. The replicas
+  behind it stay plain HTTP on cluster.host (loopback by default).
 """
 
 from __future__ import annotations
@@ -28,19 +33,21 @@ from typing import Any
 
 from tasks.libs.cluster.plan import ReplicaPlan, cluster_dir
 from tasks.libs.core.errors import UserError
-from tasks.libs.core.processes import (
-    ProcessRecord,
-    port_holder,
-    port_is_free,
-    start_group,
-    stop_group,
-    tail,
-)
+from tasks.libs.core.managed import Launch, Listener, ManagedProcess
+from tasks.libs.core.processes import ProcessRecord
 from tasks.libs.core.programs import require_program
 from tasks.libs.core.settings import Settings
-from tasks.libs.core.waits import wait_ready, wait_until
+from tasks.libs.core.waits import wait_until
 
 BACKEND = "replicas"
+
+
+@dataclass(frozen=True)
+class FrontendTls:
+    """The pem HAProxy serves, and its certificate's fingerprint (a renewed one restarts HAProxy)."""
+
+    pem: Path
+    fingerprint: str
 
 
 @dataclass
@@ -50,15 +57,20 @@ class HaproxyRecord(ProcessRecord):
     config_sha: str  # the config it runs: a different one means a restart
 
 
-def render(settings: Settings, plans: list[ReplicaPlan], sock: Path) -> str:
+def render(settings: Settings, plans: list[ReplicaPlan], sock: Path, tls: FrontendTls | None = None) -> str:
     """The whole config; regenerated on every start."""
     lb = settings.cluster.lb
     fastinter = max(100, lb.check_interval_ms // 4)
+    bind = f"    bind {lb.host}:{lb.port}"
+    if tls:
+        bind += f" ssl crt {tls.pem} alpn http/1.1"
     lines = [
         "# written by mlflow-ops cluster.up; regenerated on every start",
+        *([f"# certificate sha256 {tls.fingerprint}"] if tls else []),
         "global",
         "    maxconn 2000",
         f"    stats socket {sock} mode 600 level admin",
+        *(["    ssl-default-bind-options ssl-min-ver TLSv1.2 no-tls-tickets"] if tls else []),
         "",
         "defaults",
         "    mode http",
@@ -70,7 +82,8 @@ def render(settings: Settings, plans: list[ReplicaPlan], sock: Path) -> str:
         f"    retry-on {lb.retry_on}",
         "",
         "frontend mlflow",
-        f"    bind {lb.host}:{lb.port}",
+        bind,
+        *(["    http-request set-header X-Forwarded-Proto https"] if tls else []),
         f"    default_backend {BACKEND}",
         "",
         f"backend {BACKEND}",
@@ -112,12 +125,13 @@ class Haproxy:
         self.root = cluster_dir(settings) / "haproxy"
         self.cfg = self.root / "haproxy.cfg"
         self.sock = self.root / "haproxy.sock"
-        self.pid_file = self.root / "haproxy.pid"
-        self.log_file = self.root / "haproxy.log"
+        self.process = ManagedProcess(
+            "haproxy", pid_file=self.root / "haproxy.pid", log_file=self.root / "haproxy.log", record=HaproxyRecord
+        )
 
-    def ensure(self, plans: list[ReplicaPlan]) -> str:
+    def ensure(self, plans: list[ReplicaPlan], tls: FrontendTls | None = None) -> str:
         """Run haproxy for these replicas: reuse one running this very config, else (re)start it."""
-        text = render(self.settings, plans, self.sock)
+        text = render(self.settings, plans, self.sock, tls)
         sha = hashlib.sha256(text.encode()).hexdigest()[:16]
         current = self.running()
         if current and current.config_sha == sha:
@@ -127,51 +141,40 @@ class Haproxy:
             self.stop()
             restarted = " (restarted for the new set of replicas)"
         binary = require_program("haproxy", "haproxy")
-        for port, key in ((self.lb.port, "cluster.lb.port"), (self.lb.stats_port, "cluster.lb.stats_port")):
-            host = self.lb.host if key == "cluster.lb.port" else "127.0.0.1"
-            if not port_is_free(host, port):
-                raise UserError(f"port {port} is in use by {port_holder(port)}; stop that or set {key}")
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.cfg.write_text(text)
         check_config(self.cfg)
         self.sock.unlink(missing_ok=True)
-        proc = start_group(
-            [binary, "-f", str(self.cfg), "-db"],
+        launch = Launch(
+            command=[binary, "-f", str(self.cfg), "-db"],
             env={"PATH": os.environ.get("PATH", "")},
-            log_path=self.log_file,
             cwd=self.root,
+            ready=self._stats_problem,
+            timeout=15,
+            listeners=[
+                Listener(self.lb.host, self.lb.port, "set cluster.lb.port"),
+                Listener("127.0.0.1", self.lb.stats_port, "set cluster.lb.stats_port"),
+            ],
+            fields=dict(port=self.lb.port, stats_port=self.lb.stats_port, config_sha=sha),
         )
-        record = HaproxyRecord.of(proc.pid, port=self.lb.port, stats_port=self.lb.stats_port, config_sha=sha)
-        record.write(self.pid_file)
-
-        def probe() -> str | None:
-            if proc.poll() is not None:
-                raise UserError(f"haproxy exited at start:\n{tail(self.log_file, 8)}")
-            try:
-                self.states()
-                return None
-            except OSError as exc:
-                return f"stats socket: {exc.strerror or exc}"
-
-        try:
-            wait_ready(probe, timeout=15, what="haproxy")
-        except UserError:
-            stop_group(record.pgid, grace=5)
-            self.pid_file.unlink(missing_ok=True)
-            raise
+        self.process.start(launch)
         return f"haproxy started on {self.lb.host}:{self.lb.port}, stats on 127.0.0.1:{self.lb.stats_port}{restarted}"
 
     def stop(self) -> str:
-        record = HaproxyRecord.live(self.pid_file)
-        if record is None:
-            return "haproxy is not running"
-        how = stop_group(record.pgid, grace=5)
-        self.pid_file.unlink(missing_ok=True)
+        message = self.process.stop()
         self.sock.unlink(missing_ok=True)
-        return f"haproxy stopped (pid {record.pid}, {how})"
+        return message
 
     def running(self) -> HaproxyRecord | None:
-        return HaproxyRecord.live(self.pid_file)
+        return self.process.running()
+
+    def _stats_problem(self) -> str | None:
+        """Ready once the stats socket answers `show stat`."""
+        try:
+            self.states()
+            return None
+        except OSError as exc:
+            return f"stats socket: {exc.strerror or exc}"
 
     def command(self, line: str, timeout: float = 2.0) -> str:
         """One command on the admin socket, its whole answer."""

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.libs.cluster.haproxy import BACKEND, Haproxy
+from tasks.libs.cluster.haproxy import BACKEND, FrontendTls, Haproxy
 from tasks.libs.cluster.pgbouncer import PgBouncer, connection_budget, server_limits
 from tasks.libs.cluster.plan import (
     ReplicaPlan,
@@ -42,10 +42,12 @@ from tasks.libs.cluster.standby import Standby
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.programs import require_module, require_program
 from tasks.libs.core.settings import Settings
+from tasks.libs.core.tls import client_ca, cluster_tls, ensure_tls, fingerprint, haproxy_pem
 from tasks.libs.monitoring.exporter import PostgresExporter
 from tasks.libs.monitoring.prometheus import PrometheusFiles, ScrapeTargets, write_prometheus_files
 from tasks.libs.postgres.connection import check_reachable, connect
 from tasks.libs.postgres.providers import provider_for
+from tasks.libs.server.command import is_loopback
 from tasks.libs.server.sidecars import (
     artifact_services_status,
     start_artifact_services,
@@ -82,7 +84,7 @@ def cluster_up(settings: Settings, *, say: Say = print) -> UpResult:
     plans = replica_plans(settings)
     for extra in [p for p in recorded_replicas(settings) if p.index >= cfg.replicas]:
         say(stop_replica(settings, extra) + " (beyond cluster.replicas)")
-    down = [p for p in plans if not replica_state(p).healthy]
+    down = [p for p in plans if not replica_state(settings, p).healthy]
     started = [p.name for p in down]
     for plan in plans:
         if plan not in down:
@@ -95,7 +97,7 @@ def cluster_up(settings: Settings, *, say: Say = print) -> UpResult:
     _start_replicas(settings, down, route, say)
 
     lb = Haproxy(settings)
-    say(lb.ensure(plans))
+    say(lb.ensure(plans, _frontend_tls(settings, say)))
     if not lb.wait_all_up([p.name for p in plans], timeout=cfg.start_timeout):
         states = {name: s["status"] for name, s in lb.states().items()}
         raise UserError(f"HAProxy does not see every replica UP: {states}; `inv cluster.status` for more")
@@ -146,7 +148,7 @@ def cluster_status(settings: Settings) -> dict[str, Any]:
     plans = {p.name: p for p in [*replica_plans(settings), *recorded_replicas(settings)]}
     rows = []
     for plan in sorted(plans.values(), key=lambda p: p.index):
-        state = replica_state(plan)
+        state = replica_state(settings, plan)
         seen = lb_states.get(plan.name, {})
         if not state.record and not seen:
             continue
@@ -169,6 +171,9 @@ def cluster_status(settings: Settings) -> dict[str, Any]:
         if lb_record
         else "not running",
     }
+    if lb_record and cluster_tls(settings):
+        ca = client_ca(settings)
+        info["tls"] = f"HAProxy terminates it; clients trust {ca or 'the system trust store'}; replicas plain HTTP"
     bouncer = PgBouncer(settings)
     if bouncer.running():
         try:
@@ -213,9 +218,30 @@ def _preflight(settings: Settings) -> None:
         require_module("prometheus_flask_exporter", "server.metrics")
     if settings.monitoring.postgres_exporter.enabled:
         require_program("prometheus-postgres-exporter", "prometheus-postgres-exporter")
+    if cluster_tls(settings) and settings.artifacts.store == "s3" and settings.artifacts.mode == "split":
+        raise UserError(
+            "cluster.tls with artifacts.mode split: clients would reach the artifacts server directly, around "
+            "HAProxy's TLS; use artifacts.mode proxied (the replicas stream artifacts) or turn cluster.tls off"
+        )
     problem = check_reachable(settings)
     if problem:
         raise UserError(f"PostgreSQL is not usable ({problem}); run `inv db.start` first")
+
+
+def _frontend_tls(settings: Settings, say: Say) -> FrontendTls | None:
+    """cluster.tls: the certificate HAProxy serves (server.tls's files, or the tool's CA made/renewed now)."""
+    if not cluster_tls(settings):
+        return None
+    files, notes = ensure_tls(settings)
+    for note in notes:
+        say(note)
+    if not is_loopback(settings.cluster.host):
+        say(
+            f"WARNING: HAProxy terminates TLS but the replicas answer plain HTTP on {settings.cluster.host} "
+            "(cluster.host), reachable from other machines around it; `inv test.security` fails this"
+        )
+    say(f"TLS: HAProxy serves {files.cert}; clients trust {files.ca or 'the system trust store'}")
+    return FrontendTls(haproxy_pem(settings, files), fingerprint(files.cert))
 
 
 def _pool_env(settings: Settings, say: Say) -> tuple[tuple[str, str], ...]:

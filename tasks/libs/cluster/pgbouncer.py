@@ -27,19 +27,12 @@ import psycopg2
 from sqlalchemy.engine import make_url
 
 from tasks.libs.cluster.plan import cluster_dir
-from tasks.libs.core.credentials import postgres_uri
+from tasks.libs.core.credentials import known_secrets, postgres_uri
 from tasks.libs.core.errors import UserError
-from tasks.libs.core.processes import (
-    ProcessRecord,
-    port_holder,
-    port_is_free,
-    start_group,
-    stop_group,
-    tail,
-)
+from tasks.libs.core.managed import Launch, Listener, ManagedProcess
+from tasks.libs.core.processes import ProcessRecord
 from tasks.libs.core.programs import require_program
 from tasks.libs.core.settings import Settings
-from tasks.libs.core.waits import wait_ready
 from tasks.libs.postgres.connection import connect, explain_error
 from tasks.libs.postgres.local import LocalPostgres
 from tasks.libs.postgres.os_user import PostgresOsUser
@@ -143,18 +136,19 @@ class PgBouncer:
         self.root = LocalPostgres(settings).root / "pgbouncer"
         self.ini = self.root / "pgbouncer.ini"
         self.auth_file = self.root / "userlist.txt"
-        self.pid_file = cluster_dir(settings) / "pgbouncer.pid"
-        self.log_file = cluster_dir(settings) / "pgbouncer.log"
+        self.process = ManagedProcess(
+            "PgBouncer",
+            pid_file=cluster_dir(settings) / "pgbouncer.pid",
+            log_file=cluster_dir(settings) / "pgbouncer.log",
+            record=PgBouncerRecord,
+            secrets=lambda: known_secrets(settings),
+        )
 
     def start(self, *, worst_case_clients: int) -> str:
         current = self.running()
         if current:
             return f"PgBouncer already running on {self.cfg.host}:{self.cfg.port} (pid {current.pid}); reused"
         binary = require_program("pgbouncer", "pgbouncer")
-        if not port_is_free(self.cfg.host, self.cfg.port):
-            raise UserError(
-                f"port {self.cfg.port} is in use by {port_holder(self.cfg.port)}; stop that or set cluster.pgbouncer.port"
-            )
         conn = connect(self.settings, dbname="postgres")
         try:
             budget = connection_budget(*server_limits(conn))
@@ -169,37 +163,27 @@ class PgBouncer:
         self._write(self.auth_file, f'"{user}" "{secret}"\n')
         account = self.os_user.account()
         cmd = [binary, *(["-u", account.pw_name] if account else []), str(self.ini)]
-        proc = start_group(cmd, env={"PATH": os.environ.get("PATH", "")}, log_path=self.log_file, cwd=self.root)
-        record = PgBouncerRecord.of(proc.pid, port=self.cfg.port, pool_size=sizes["default_pool_size"])
-        record.write(self.pid_file)
-
-        def probe() -> str | None:
-            if proc.poll() is not None:
-                raise UserError(f"pgbouncer exited at start:\n{tail(self.log_file, 8)}")
-            return self.login_problem()
-
-        try:
-            wait_ready(probe, timeout=20, what="PgBouncer")
-        except UserError:
-            stop_group(record.pgid, grace=5)
-            self.pid_file.unlink(missing_ok=True)
-            raise
+        launch = Launch(
+            command=cmd,
+            env={"PATH": os.environ.get("PATH", "")},
+            cwd=self.root,
+            ready=self.login_problem,
+            timeout=20,
+            listeners=[Listener(self.cfg.host, self.cfg.port, "set cluster.pgbouncer.port")],
+            fields=dict(port=self.cfg.port, pool_size=sizes["default_pool_size"]),
+        )
+        self.process.start(launch)
         return (
             f"PgBouncer started on {self.cfg.host}:{self.cfg.port}: transaction pooling, "
             f"{sizes['default_pool_size']} PostgreSQL connections for up to {sizes['max_client_conn']} clients"
         )
 
     def stop(self) -> str:
-        record = PgBouncerRecord.live(self.pid_file)
-        if record is None:
-            return "PgBouncer is not running"
         # SIGTERM is an immediate shutdown in 1.18: the replicas are stopped before it.
-        how = stop_group(record.pgid, grace=5)
-        self.pid_file.unlink(missing_ok=True)
-        return f"PgBouncer stopped (pid {record.pid}, {how})"
+        return self.process.stop()
 
     def running(self) -> PgBouncerRecord | None:
-        return PgBouncerRecord.live(self.pid_file)
+        return self.process.running()
 
     def connect(self, dbname: str | None = None):
         """A login through PgBouncer as the configured user (dbname pgbouncer: its admin console)."""

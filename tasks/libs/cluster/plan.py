@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.settings import Settings
+from tasks.libs.core.tls import cluster_tls
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,9 @@ def recorded_replicas(settings: Settings) -> list[ReplicaPlan]:
 
 
 def lb_url(settings: Settings) -> str:
-    """The one public URL: HAProxy's frontend."""
+    """The one public URL: HAProxy's frontend (https when it terminates TLS)."""
     lb = settings.cluster.lb
-    return f"http://{_reachable(lb.host)}:{lb.port}"
+    return f"{'https' if cluster_tls(settings) else 'http'}://{_reachable(lb.host)}:{lb.port}"
 
 
 def require_cluster_backend(settings: Settings) -> None:

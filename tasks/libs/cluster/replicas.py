@@ -20,21 +20,18 @@ import psutil
 from sqlalchemy.engine import make_url
 
 from tasks.libs.cluster.plan import ReplicaPlan
-from tasks.libs.core.credentials import backend_store_uri, known_secrets, store_uri_and_password_env
-from tasks.libs.core.errors import UserError
-from tasks.libs.core.processes import group_members, port_holder, port_is_free, start_group, stop_group, tail
-from tasks.libs.core.redact import redact
+from tasks.libs.core.credentials import store_uri_and_password_env
+from tasks.libs.core.managed import Listener, ManagedProcess
 from tasks.libs.core.settings import Settings
-from tasks.libs.core.waits import wait_ready, wait_until
-from tasks.libs.server.auth import basic_auth_header
-from tasks.libs.server.command import server_command, server_env
-from tasks.libs.server.control import ServerRecord, prepare_metrics_dir
-from tasks.libs.server.probes import health, store_answers
+from tasks.libs.server.command import server_env
+from tasks.libs.server.control import ServerPaths, ServerRecord, launch_server, server_process
+from tasks.libs.server.probes import health
 
 POOL_SIZE = "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE"
 MAX_OVERFLOW = "MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW"
 # MLflow's own defaults when the variables are not set (SQLAlchemy QueuePool).
 DEFAULT_POOL, DEFAULT_OVERFLOW = 5, 10
+PORT_FIX = "set cluster.first_port"
 
 
 @dataclass(frozen=True)
@@ -94,9 +91,11 @@ def pool_fitting_budget(settings: Settings, replicas: int, budget: int) -> tuple
 
 
 def replica_settings(settings: Settings, plan: ReplicaPlan) -> Settings:
-    """server.start's settings, moved to the replica's port, allowing the load balancer's host."""
+    """server.start's settings, moved to the replica's port, allowing the load balancer's host;
+    plain HTTP (HAProxy terminates TLS in front of it, on the same machine)."""
     s = settings.model_copy(deep=True)
     s.server.host, s.server.port, s.server.workers = plan.host, plan.port, workers(settings)
+    s.server.tls.enabled = False
     lb = settings.cluster.lb
     names = dict.fromkeys(["localhost", "127.0.0.1", plan.host, lb.host])
     s.server.allowed_hosts = [n for name in names for n in (name, f"{name}:{plan.port}", f"{name}:{lb.port}")]
@@ -117,88 +116,38 @@ def replica_env(settings: Settings, plan: ReplicaPlan, route: StoreRoute) -> dic
     return env
 
 
-def replica_state(plan: ReplicaPlan) -> ReplicaState:
-    record = ServerRecord.read(plan.pid_file)
-    members = our_members(record) if record else []
+def replica_process(settings: Settings, plan: ReplicaPlan) -> ManagedProcess[ServerRecord]:
+    return server_process(settings, name=plan.name, paths=ServerPaths.in_folder(plan.folder))
+
+
+def replica_state(settings: Settings, plan: ReplicaPlan) -> ReplicaState:
+    process = replica_process(settings, plan)
+    record = process.record()
+    members = process.members(record) if record else []
     return ReplicaState(plan, record, members, bool(members) and health(plan.url))
 
 
-def our_members(record: ServerRecord) -> list[psutil.Process]:
-    """The live processes of the replica's group: a group id is its leader's pid, so a member
-    started before our leader was not started by us (the pid was reused) and is never ours."""
-    out = []
-    for proc in group_members(record.pgid):
-        try:
-            if proc.create_time() >= record.create_time - 1:
-                out.append(proc)
-        except psutil.Error:
-            continue
-    return out
-
-
 def start_replica(settings: Settings, plan: ReplicaPlan, route: StoreRoute) -> ServerRecord:
-    """Start one replica and wait until /health and a store call answer; stopped whole on failure."""
-    s = replica_settings(settings, plan)
-    if not port_is_free(plan.host, plan.port):
-        raise UserError(
-            f"{plan.name}: port {plan.port} is in use by {port_holder(plan.port)}; stop that or set cluster.first_port"
-        )
-    plan.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if s.server.metrics:
-        prepare_metrics_dir(plan.metrics_dir)
-    proc = start_group(
-        server_command(s, metrics_path=plan.metrics_dir),
+    """Start one replica as server.start starts a server, on its own port, folder and environment."""
+    return launch_server(
+        replica_settings(settings, plan),
+        replica_process(settings, plan),
         env=replica_env(settings, plan, route),
-        log_path=plan.log_file,
         cwd=plan.folder,
+        timeout=settings.cluster.start_timeout,
+        port_fix=PORT_FIX,
+        metrics_path=plan.metrics_dir,
     )
-    record = ServerRecord.of(
-        proc.pid,
-        backend="postgres",
-        host=plan.host,
-        port=plan.port,
-        url=plan.url,
-        store=backend_store_uri(settings),
-        log=str(plan.log_file),
-    )
-    record.write(plan.pid_file)
-    headers = basic_auth_header(settings)
-
-    def probe() -> str | None:
-        if proc.poll() is not None:
-            raise UserError(f"{plan.name} exited during start-up")
-        if not health(plan.url):
-            return "/health does not answer"
-        return None if store_answers(plan.url, headers=headers) else "/health answers, a store call does not"
-
-    try:
-        wait_ready(probe, timeout=settings.cluster.start_timeout, what=plan.name)
-    except UserError as exc:
-        stop_group(record.pgid, grace=settings.server.stop_grace)
-        plan.pid_file.unlink(missing_ok=True)
-        log = redact(tail(plan.log_file, 12), known_secrets(settings))
-        raise UserError(f"{exc}\n--- last lines of {plan.log_file} ---\n{log}") from None
-    return record
 
 
 def stop_replica(settings: Settings, plan: ReplicaPlan) -> str:
     """Stop the replica's whole group (also when only its leader died); a message."""
-    record = ServerRecord.read(plan.pid_file)
-    if record is None:
-        return f"{plan.name} is not running"
-    if not our_members(record):
-        plan.pid_file.unlink(missing_ok=True)
-        return f"{plan.name} was not running (removed its stale pid file)"
-    how = stop_group(record.pgid, grace=settings.server.stop_grace)
-    plan.pid_file.unlink(missing_ok=True)
-    wait_until(lambda: port_is_free(plan.host, plan.port), timeout=10)
-    return f"{plan.name} stopped (pid {record.pid}, {how})"
+    return replica_process(settings, plan).stop(listeners=[Listener(plan.host, plan.port, PORT_FIX)])
 
 
 def clear_leftovers(settings: Settings, plan: ReplicaPlan) -> None:
-    """A replica whose leader died but whose workers live on is stopped before it is started again."""
-    record = ServerRecord.read(plan.pid_file)
-    if record and our_members(record) and not health(plan.url):
-        stop_group(record.pgid, grace=settings.server.stop_grace)
-    if record and not our_members(record):
-        plan.pid_file.unlink(missing_ok=True)
+    """A replica whose group lives on but does not answer (its leader died, say) is stopped before
+    it is started again; a stale pid file goes."""
+    process = replica_process(settings, plan)
+    if process.running() and not health(plan.url):
+        process.stop()

@@ -6,7 +6,11 @@ shows). `start(Launch(...))` takes what to run: the command, its environment and
 ports it will listen on, a readiness probe and a timeout. It refuses a busy port in one line,
 starts the command as the leader of a new process group, writes a typed record (pid file),
 polls the probe and, when the program dies or never gets ready, stops the whole group and
-raises a UserError that ends with the log's tail.
+raises a UserError that ends with the log's tail. It is the only caller of start_group
+(tests/unit/test_one_way_to_start.py keeps it so).
+
+The queries: `record()` (the pid file, live or not), `running()` (the record while any member
+lives; a stale pid file is removed), `members()`, `leader_alive()`, `log_tail()`.
 
 "Running" means the whole group: uvicorn's workers or a daemon's children outlive a killed
 leader and keep its port, so a group with any live member of ours is running (and `stop`
@@ -16,6 +20,7 @@ recorded; when the leader's pid is alive as another program (pid reuse), nothing
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -42,11 +47,12 @@ R = TypeVar("R", bound=ProcessRecord)
 
 @dataclass(frozen=True)
 class Listener:
-    """A port the program will listen on, and the setting that names it (for the busy-port message)."""
+    """A port the program will listen on, and what a user can do when another program holds it
+    besides stopping that program (`set artifacts.s3.port`): the busy-port message ends with it."""
 
     host: str
     port: int
-    setting: str
+    fix: str
 
 
 @dataclass
@@ -79,14 +85,16 @@ class ManagedProcess(Generic[R]):
         log_file: Path,
         record: type[R],
         grace: float = 5.0,
-        secrets: Sequence[str] = (),
+        secrets: Sequence[str] | Callable[[], Sequence[str]] = (),
     ):
+        """secrets: the strings to mask, or a function that returns them when a tail is shown
+        (a secret the start-up itself generates is then masked too)."""
         self.name = name
         self.pid_file = pid_file
         self.log_file = log_file
         self.record_type = record
         self.grace = grace
-        self.secrets = tuple(secrets)
+        self.secrets = secrets
 
     # --- queries ------------------------------------------------------------------------
 
@@ -113,7 +121,8 @@ class ManagedProcess(Generic[R]):
 
     def log_tail(self, lines: int = 15) -> str:
         """The end of the log, every known secret masked."""
-        return redact(tail(self.log_file, lines), self.secrets)
+        secrets = self.secrets() if callable(self.secrets) else self.secrets
+        return redact(tail(self.log_file, lines), tuple(secrets))
 
     # --- actions ------------------------------------------------------------------------
 
@@ -122,12 +131,7 @@ class ManagedProcess(Generic[R]):
 
         The caller decides first what a running one means (reuse it, refuse, restart).
         """
-        for listener in launch.listeners:
-            if not port_is_free(listener.host, listener.port):
-                raise UserError(
-                    f"port {listener.port} on {listener.host} is in use by {port_holder(listener.port)}; "
-                    f"stop that or set {listener.setting}"
-                )
+        refuse_busy(launch.listeners)
         self.pid_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         proc = start_group(launch.command, env=launch.env, log_path=self.log_file, cwd=launch.cwd)
         record = self.record_type.of(proc.pid, **launch.fields)
@@ -160,11 +164,24 @@ class ManagedProcess(Generic[R]):
         if not group_of(record):
             self.pid_file.unlink(missing_ok=True)
             return f"{self.name} is not running (removed the stale pid file of pid {record.pid})"
+        if record.pgid == os.getpgrp():  # a record we did not write: signalling it would stop us
+            raise UserError(f"{self.pid_file} names this tool's own process group; remove the file")
         how = stop_group(record.pgid, grace=self.grace)
         self.pid_file.unlink(missing_ok=True)
         for listener in listeners:
             wait_until(lambda: port_is_free(listener.host, listener.port), timeout=10)
         return f"stopped {self.name} (pid {record.pid}, {how})"
+
+
+def refuse_busy(listeners: Sequence[Listener]) -> None:
+    """A one-line UserError naming the holder of the first busy port. start() checks too; a caller
+    checks first when it has work to skip on a busy port (a database fallback, the S3 it would start)."""
+    for listener in listeners:
+        if not port_is_free(listener.host, listener.port):
+            raise UserError(
+                f"port {listener.port} on {listener.host} is in use by {port_holder(listener.port)}; "
+                f"stop that or {listener.fix}"
+            )
 
 
 def group_of(record: ProcessRecord) -> list[psutil.Process]:
@@ -181,7 +198,7 @@ def group_of(record: ProcessRecord) -> list[psutil.Process]:
             started = proc.create_time()
         except psutil.Error:
             continue
-        if proc.pid == record.pgid and abs(started - record.create_time) > 1.0:
+        if proc.pid == record.pid and abs(started - record.create_time) > 1.0:
             return []  # the leader's pid now belongs to another program
         if started >= record.create_time - 1.0:
             members.append(proc)

@@ -1,4 +1,5 @@
-"""Processes we start and stop: pid files with identity, process groups, ports, log tails."""
+"""Processes we start and stop: pid files with identity, process groups, ports, log tails (the parts
+core.managed.ManagedProcess is built from)."""
 
 from __future__ import annotations
 
@@ -51,15 +52,6 @@ class ProcessRecord:
             return None  # a corrupt pid file says nothing we can trust
 
     @classmethod
-    def live(cls: type[R], path: Path) -> R | None:
-        """The record in path when its process still runs; a stale pid file is removed."""
-        record = cls.read(path)
-        if record and is_alive(record):
-            return record
-        path.unlink(missing_ok=True)
-        return None
-
-    @classmethod
     def of(cls: type[R], pid: int, **fields) -> R:
         """The record of a live process we just started (its identity read from the OS)."""
         return cls(
@@ -71,23 +63,13 @@ class ProcessRecord:
         )
 
 
-def is_alive(record: ProcessRecord) -> bool:
-    """True when the recorded pid still runs and is the very process we started."""
-    try:
-        proc = psutil.Process(record.pid)
-        if abs(proc.create_time() - record.create_time) > 1.0:
-            return False  # the pid was reused by someone else
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return False
-
-
 def start_group(
     cmd: list[str], *, env: dict[str, str], log_path: Path, cwd: Path | None = None, **popen_kwargs
 ) -> subprocess.Popen:
     """Start cmd as the leader of a new process group, output appended to log_path (mode 0600).
 
     The group's umask is 0077: whatever it writes (store files, artifacts) is ours alone.
+    Call it through core.managed.ManagedProcess, which records, waits for and stops the group.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

@@ -22,6 +22,7 @@ from tasks.libs.deploy.process import (
     Process,
     SecretRef,
     container_placement,
+    placed_ca,
     server_process,
 )
 from tasks.libs.deploy.yamlout import comment, dump
@@ -40,6 +41,31 @@ LIMITS = (
     "  `docker compose exec mlflow mlflow gc --older-than 30d --backend-store-uri <the migrate service's URI>` from cron",
     "deploy.replicas > 1: each replica publishes one port of the range in `ports`; balance over them in your proxy",
 )
+
+
+IMAGE_UID = 1001  # the Dockerfile's user (deploy/image.py)
+TLS_SECRETS = ("tls-cert", "tls-key", "tls-ca")  # Compose secrets -> /run/secrets/<name> (CONTAINER_TLS)
+TLS_FILES = ("tls/server.crt", "tls/server.key", "tls/ca.crt")  # beside docker-compose.yaml
+
+
+def limits(settings: Settings) -> list[str]:
+    if not settings.server.tls.enabled:
+        return list(LIMITS)
+    return [
+        "TLS: uvicorn in the mlflow service serves it with the Compose secrets tls-cert and tls-key, read from\n"
+        f"  ./tls/server.crt and ./tls/server.key: bind mounts, so the key must be the image user's (chown {IMAGE_UID},\n"
+        "  chmod 600); `--write-secrets` writes the tool's own there, so",
+        *LIMITS[1:],
+    ]
+
+
+def tls_secret_names(settings: Settings) -> list[str]:
+    """The Compose secrets the server reads: certificate, key, and the CA when clients need one."""
+    if not settings.server.tls.enabled:
+        return []
+    return (
+        list(TLS_SECRETS) if placed_ca(settings, container_placement(bundled_database=False)) else list(TLS_SECRETS[:2])
+    )
 
 
 def lit(value: str) -> str:
@@ -68,7 +94,7 @@ def compose_files(settings: Settings, profile: str) -> dict[str, str]:
             "written here. The mlflow service runs what `inv server.start` runs for the same settings.",
             "Check: docker compose --env-file .env config -q   (or `inv deploy.check <this folder>`)",
             "What Compose does not do for you:",
-            *[f"- {item}" for item in LIMITS],
+            *[f"- {item}" for item in limits(settings)],
         ]
     )
     secrets = server.secrets()
@@ -139,12 +165,7 @@ def _document(settings: Settings, server: Process) -> dict[str, Any]:
         "ports": [_ports(settings)],
         "healthcheck": {
             # The image has no curl; /health answers without credentials and whatever the Host.
-            "test": [
-                "CMD",
-                "python",
-                "-c",
-                f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{CONTAINER_PORT}/health', timeout=4)",
-            ],
+            "test": ["CMD", "python", "-c", _health_code(settings)],
             "interval": "10s",
             "timeout": "5s",
             "retries": 6,
@@ -163,6 +184,9 @@ def _document(settings: Settings, server: Process) -> dict[str, Any]:
     if settings.server.auth.enabled:
         configs["basic-auth-ini"] = {"content": lit(facts.auth_ini(settings, placement))}
         mlflow["configs"] = [{"source": "basic-auth-ini", "target": CONTAINER_AUTH_INI}]
+    secrets = tls_secret_names(settings)
+    if secrets:
+        mlflow["secrets"] = secrets
     deploy = _deploy(settings)
     if deploy:
         mlflow["deploy"] = deploy
@@ -174,7 +198,22 @@ def _document(settings: Settings, server: Process) -> dict[str, Any]:
         doc["volumes"] = volumes
     if configs:
         doc["configs"] = configs
+    if secrets:
+        doc["secrets"] = {name: {"file": f"./{path}"} for name, path in zip(TLS_SECRETS, TLS_FILES) if name in secrets}
     return doc
+
+
+def _health_code(settings: Settings) -> str:
+    """The health check's Python: over https it verifies the chain with the CA (or the system's store),
+    not the host name (127.0.0.1 inside the container need not be on your certificate)."""
+    if not settings.server.tls.enabled:
+        return f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{CONTAINER_PORT}/health', timeout=4)"
+    ca = placed_ca(settings, container_placement(bundled_database=False))
+    context = f"ssl.create_default_context(cafile='{ca}')" if ca else "ssl.create_default_context()"
+    return (
+        f"import ssl, urllib.request; c = {context}; c.check_hostname = False; "
+        f"urllib.request.urlopen('https://127.0.0.1:{CONTAINER_PORT}/health', timeout=4, context=c)"
+    )
 
 
 def _image(settings: Settings) -> dict[str, Any]:

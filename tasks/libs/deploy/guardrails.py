@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+from urllib.parse import urlsplit
 
 from tasks.libs.core.errors import ConfigError
 from tasks.libs.core.settings import Settings
@@ -34,6 +35,11 @@ def problems(settings: Settings, fmt: str) -> list[str]:
         )
     if fmt == "helm":
         out += _helm_volume(settings)
+        if settings.server.tls.enabled and not deploy.public_host:
+            out.append(
+                "server.tls on Helm is the ingress's TLS for deploy.public_host, which is null; set "
+                "deploy.public_host to the name clients use (or server.tls.enabled: false)"
+            )
     out += _auth_database(settings, db)
     if db is not None:
         out += _connection_budget(settings)
@@ -149,7 +155,7 @@ def _hosts(settings: Settings, fmt: str) -> list[str]:
             f"Host header behind a proxy or ingress; add {public!r} to server.allowed_hosts"
         ]
     gc = settings.deploy.gc
-    local = settings.server.url.removeprefix("http://")
+    local = urlsplit(settings.server.url).netloc
     if fmt == "systemd" and gc.enabled and facts.gc_needs_server(settings) and not host_allowed(patterns, local):
         return [
             f"server.allowed_hosts does not cover {local!r}, where mlflow gc on the server's host reaches it; "

@@ -107,6 +107,32 @@ SCHEMA: dict[str, Any] = {
             "extraVolumes": OBJECTS,
             "extraVolumeMounts": OBJECTS,
             "extraDeploy": OBJECTS,
+            "ingress": closed(
+                {
+                    "enabled": BOOLEAN,
+                    "className": STRING,
+                    "hosts": {
+                        "type": "array",
+                        "items": closed(
+                            {
+                                "host": STRING,
+                                "paths": {
+                                    "type": "array",
+                                    "items": closed(
+                                        {
+                                            "path": STRING,
+                                            "pathType": {"enum": ["Prefix", "Exact", "ImplementationSpecific"]},
+                                        },
+                                        "path",
+                                    ),
+                                },
+                            },
+                            "host",
+                        ),
+                    },
+                    "tls": {"type": "array", "items": closed({"secretName": STRING, "hosts": STRINGS}, "secretName")},
+                }
+            ),
             "initContainers": OBJECTS,
         },
         "replicaCount",

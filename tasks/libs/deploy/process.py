@@ -11,6 +11,9 @@ Placement names and tests/unit/test_deploy_process.py checks argument for argume
                file /mlflow/data/mlflow.db, the Prometheus folder /tmp/prometheus)
   database     Compose with a PostgreSQL of its own: host and port -> the `postgres` service
   MLFLOW_AUTH_CONFIG_PATH  -> where the target puts the basic_auth.ini it writes
+  TLS files    server.tls's certificate, key and CA -> where the target keeps them (Compose: its
+               secrets under /run/secrets; systemd: <deploy.systemd.config_dir>/tls/ for the tool's
+               own, your files where config names them)
   secrets      the values of SECRET_VARS -> a SecretRef (Compose `${VAR:?}`, Helm secretKeyRef,
                systemd EnvironmentFile); the files never hold one
 
@@ -30,6 +33,7 @@ from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from tasks.libs.core.settings import Settings
+from tasks.libs.core.tls import tls_files
 from tasks.libs.server.command import metrics_dir, server_command, server_own_env
 
 # Process variable -> the secret it carries. Every format names these by reference only.
@@ -77,11 +81,13 @@ class Placement:
     sqlite_file: str | None = None
     metrics_dir: str | None = None
     database_address: tuple[str, int] | None = None
+    tls: tuple[str, str, str] | None = None  # where the certificate, key and CA are (None: where config says)
 
 
 CONTAINER_DATA = "/mlflow/data"
 CONTAINER_PORT = 5000
 CONTAINER_AUTH_INI = "/etc/mlflow/basic_auth.ini"
+CONTAINER_TLS = ("/run/secrets/tls-cert", "/run/secrets/tls-key", "/run/secrets/tls-ca")  # Compose's secrets
 
 
 def container_placement(*, bundled_database: bool) -> Placement:
@@ -94,16 +100,29 @@ def container_placement(*, bundled_database: bool) -> Placement:
         sqlite_file=f"{CONTAINER_DATA}/mlflow.db",
         metrics_dir="/tmp/prometheus",  # per container, and writable under a read-only root
         database_address=("postgres", 5432) if bundled_database else None,
+        tls=CONTAINER_TLS,
     )
 
 
 def systemd_placement(settings: Settings) -> Placement:
     cfg = settings.deploy.systemd
+    own = settings.server.tls.cert_file is None  # the tool's CA: installed beside the unit's other files
     return Placement(
         executable=(cfg.python or sys.executable, "-m", "mlflow"),
         state_dir=str(settings.state_path),
         auth_config=f"{cfg.config_dir}/basic_auth.ini",
+        tls=(f"{cfg.config_dir}/tls/server.crt", f"{cfg.config_dir}/tls/server.key", f"{cfg.config_dir}/tls/ca.crt")
+        if own
+        else None,
     )
+
+
+def placed_ca(settings: Settings, placement: Placement) -> str | None:
+    """Where a client on the target finds the CA that verifies the server (None: the system's store)."""
+    tls = settings.server.tls
+    if not tls.enabled or (tls.cert_file is not None and tls.ca_file is None):
+        return None
+    return placement.tls[2] if placement.tls else tls.ca_file
 
 
 @dataclass(frozen=True)
@@ -125,7 +144,7 @@ def server_process(settings: Settings, placement: Placement) -> Process:
         leaks = _placeholders(probe)
     if argv[:3] != [sys.executable, "-m", "mlflow"]:
         raise RuntimeError(f"server_command no longer starts with python -m mlflow: {argv[:3]}")
-    args = [_path(a, probe, placement) for a in argv[3:]]
+    args = [_tls_paths(_path(a, probe, placement), probe, placement) for a in argv[3:]]
     for flag, value in (("--host", placement.host), ("--port", placement.port)):
         if value is not None:
             args[args.index(flag) + 1] = str(value)
@@ -163,6 +182,9 @@ def gc_process(settings: Settings, placement: Placement, *, tracking_uri: str | 
     env: Env = {k: v for k, v in server.env.items() if k == "PGPASSWORD" or k.startswith(("AWS_", "MLFLOW_S3_"))}
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
+        ca = placed_ca(settings, placement) if tracking_uri.startswith("https:") else None
+        if ca:
+            env["MLFLOW_TRACKING_SERVER_CERT_PATH"] = ca
         if settings.server.auth.enabled:
             env["MLFLOW_TRACKING_USERNAME"] = settings.server.auth.admin_user
             env["MLFLOW_TRACKING_PASSWORD"] = SecretRef("MLFLOW_TRACKING_PASSWORD")
@@ -215,6 +237,18 @@ def _path(value: str, probe: Settings, placement: Placement) -> str:
     if placement.metrics_dir:
         value = value.replace(str(metrics_dir(probe)), placement.metrics_dir)
     return value.replace(str(probe.state_path), placement.state_dir)
+
+
+def _tls_paths(value: str, probe: Settings, placement: Placement) -> str:
+    """The TLS files' paths (in --uvicorn-opts) as the target keeps them."""
+    if placement.tls is None or not probe.server.tls.enabled:
+        return value
+    files = tls_files(probe)
+    here = [str(files.cert), str(files.key), str(files.ca) if files.ca else None]
+    for path, there in zip(here, placement.tls):
+        if path:
+            value = value.replace(_path(path, probe, placement), there)
+    return value
 
 
 def _database(uri: str, placement: Placement) -> str:

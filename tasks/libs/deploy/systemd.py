@@ -11,6 +11,7 @@ from pathlib import PurePosixPath
 
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.settings import Settings
+from tasks.libs.core.tls import tls_files
 from tasks.libs.deploy import facts
 from tasks.libs.deploy.process import (
     SECRET_VARS,
@@ -19,6 +20,7 @@ from tasks.libs.deploy.process import (
     Process,
     SecretRef,
     gc_process,
+    placed_ca,
     server_process,
     systemd_placement,
 )
@@ -42,6 +44,26 @@ LIMITS = (
     "one unit runs one server: for deploy.replicas > 1 run it on that many hosts behind your load balancer",
     "TLS: a reverse proxy on this host terminates it for deploy.public_host and forwards to server.host:server.port",
 )
+
+
+def limits(settings: Settings) -> list[str]:
+    """What a unit cannot do for you; with server.tls, where uvicorn's certificate and key go."""
+    if not settings.server.tls.enabled:
+        return list(LIMITS)
+    placement = systemd_placement(settings)
+    cert, key = (placement.tls[0], placement.tls[1]) if placement.tls else tls_paths(settings)
+    user = settings.deploy.systemd.user
+    return [
+        LIMITS[0],
+        f"TLS: uvicorn serves it; install the certificate as {cert} and its key as {key}\n"
+        f"  (chown {user}, chmod 600; `--write-secrets` writes the tool's own in tls/); clients trust "
+        f"{placed_ca(settings, placement) or 'the system trust store'}",
+    ]
+
+
+def tls_paths(settings: Settings) -> tuple[str, str]:
+    files = tls_files(settings)
+    return str(files.cert), str(files.key)
 
 
 def exec_arg(arg: str) -> str:
@@ -168,7 +190,7 @@ def server_unit(settings: Settings, profile: str, server: Process) -> str:
     lines = [
         *_header(settings, profile, f"MLflow {facts.MLFLOW_VERSION} tracking server"),
         "# Runs what `inv server.start` runs for the same settings. What a unit cannot do for you:",
-        *[f"# - {item}" for item in LIMITS],
+        *[f"# {'- ' if i == 0 else ''}{line}" for item in limits(settings) for i, line in enumerate(item.split("\n"))],
         "[Unit]",
         f"Description=MLflow tracking server ({settings.deploy.name}, profile {profile})",
         "After=network-online.target",

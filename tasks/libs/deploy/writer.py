@@ -13,6 +13,7 @@ from tasks.libs.artifacts.location import s3_credentials
 from tasks.libs.core.credentials import generated_secret, postgres_password
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.settings import Settings
+from tasks.libs.core.tls import ensure_tls
 from tasks.libs.deploy import compose, facts, guardrails, helm, helm_objects, systemd
 from tasks.libs.deploy.process import (
     CONTAINER_PORT,
@@ -77,6 +78,8 @@ def export(settings: Settings, fmt: str, *, profile: str, out: Path | None, writ
             (target / name).write_bytes(text.encode())
         for name, text in sorted(secret_files.items()):
             _write_private(target / name, text)
+            if fmt == "compose" and name.startswith("tls/") and os.geteuid() == 0:
+                os.chown(target / name, compose.IMAGE_UID, compose.IMAGE_UID)  # the container's user reads it
     except OSError as exc:
         raise UserError(f"cannot write {target}: {exc.strerror}; pick another --out") from None
     return Written(target, sorted(files), sorted(secret_files))
@@ -90,17 +93,40 @@ def secrets_files(settings: Settings, fmt: str) -> dict[str, str]:
         gc = systemd.gc_unit_process(settings)
         refs = {k for p in (server, gc) if p for k, v in p.env.items() if isinstance(v, SecretRef)}
         values = secret_values(settings, sorted({SecretRef(v).secret for v in refs}))
-        return {f"{settings.deploy.name}.env": systemd.env_file(sorted(refs), values)}
+        return {f"{settings.deploy.name}.env": systemd.env_file(sorted(refs), values), **tls_secret_files(settings)}
     db = facts.database(settings)
     server = server_process(
         settings, container_placement(bundled_database=fmt == "compose" and db is not None and db.ours)
     )
     values = secret_values(settings, server.secrets())
     if fmt == "compose":
-        return {".env": compose.env_file(values)}
+        return {".env": compose.env_file(values), **tls_secret_files(settings)}
     objects = helm_objects.secret_objects(settings, helm.secret_names(settings), values)
+    tls = tls_secret_files(settings)
+    if tls:  # the ingress's TLS secret (kubernetes.io/tls)
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": helm.tls_secret_name(settings)},
+                "type": "kubernetes.io/tls",
+                "stringData": {"tls.crt": tls["tls/server.crt"], "tls.key": tls["tls/server.key"]},
+            }
+        )
     text = "---\n".join(dump(obj) for obj in objects)
     return {"secrets.yaml": "# kubectl apply -f secrets.yaml (written by `inv deploy.helm --write-secrets`)\n" + text}
+
+
+def tls_secret_files(settings: Settings) -> dict[str, str]:
+    """With server.tls: the certificate, key and CA to install (the tool's own, made now when missing
+    as server.start makes them, for deploy.public_host among the names; or your files)."""
+    if not settings.server.tls.enabled:
+        return {}
+    files, _ = ensure_tls(settings)
+    out = {"tls/server.crt": files.cert.read_text(), "tls/server.key": files.key.read_text()}
+    if files.ca:
+        out["tls/ca.crt"] = files.ca.read_text()
+    return out
 
 
 def secret_values(settings: Settings, secrets: list[str]) -> dict[str, str]:
@@ -141,6 +167,7 @@ def _postgres_password(settings: Settings) -> str:
 
 
 def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(text.encode())

@@ -14,12 +14,11 @@ from urllib.parse import quote
 
 from sqlalchemy.engine import make_url
 
-from tasks.libs.core.credentials import postgres_uri
-from tasks.libs.core.errors import UserError
-from tasks.libs.core.processes import ProcessRecord, port_holder, port_is_free, start_group, stop_group, tail
+from tasks.libs.core.credentials import known_secrets, postgres_uri
+from tasks.libs.core.managed import Launch, Listener, ManagedProcess
+from tasks.libs.core.processes import ProcessRecord
 from tasks.libs.core.programs import require_program
 from tasks.libs.core.settings import Settings
-from tasks.libs.core.waits import wait_ready
 
 
 @dataclass
@@ -32,8 +31,13 @@ class PostgresExporter:
         self.settings = settings
         self.port = settings.monitoring.postgres_exporter.port
         self.root = settings.state_path / "monitoring"
-        self.pid_file = self.root / "postgres_exporter.pid"
-        self.log_file = self.root / "postgres_exporter.log"
+        self.process = ManagedProcess(
+            "postgres_exporter",
+            pid_file=self.root / "postgres_exporter.pid",
+            log_file=self.root / "postgres_exporter.log",
+            record=ExporterRecord,
+            secrets=lambda: known_secrets(settings),
+        )
 
     @property
     def target(self) -> str:
@@ -44,50 +48,35 @@ class PostgresExporter:
         if current:
             return f"postgres_exporter already running on {self.target} (pid {current.pid}); reused"
         binary = require_program("prometheus-postgres-exporter", "prometheus-postgres-exporter")
-        if not port_is_free("127.0.0.1", self.port):
-            raise UserError(
-                f"port {self.port} is in use by {port_holder(self.port)}; stop that or set monitoring.postgres_exporter.port"
-            )
         url = make_url(postgres_uri(self.settings, reveal=True))
         dsn = (
             f"postgresql://{quote(url.username or '', safe='')}:{quote(url.password or '', safe='')}"
             f"@{url.host}:{url.port or 5432}/postgres?sslmode=disable"
         )
         env = {"PATH": os.environ.get("PATH", ""), "DATA_SOURCE_NAME": dsn}
-        proc = start_group(
-            [binary, f"--web.listen-address={self.target}", "--log.level=warn"],
+        launch = Launch(
+            command=[binary, f"--web.listen-address={self.target}", "--log.level=warn"],
             env=env,
-            log_path=self.log_file,
             cwd=self.root,
+            ready=self._pg_up_problem,
+            timeout=30,
+            listeners=[Listener("127.0.0.1", self.port, "set monitoring.postgres_exporter.port")],
+            fields=dict(port=self.port),
         )
-        record = ExporterRecord.of(proc.pid, port=self.port)
-        record.write(self.pid_file)
-
-        def probe() -> str | None:
-            if proc.poll() is not None:
-                raise UserError(f"postgres_exporter exited at start:\n{tail(self.log_file, 5)}")
-            try:
-                with urllib.request.urlopen(f"http://{self.target}/metrics", timeout=3) as resp:
-                    text = resp.read().decode()
-            except OSError as exc:
-                return str(exc)
-            return None if "\npg_up 1" in text else "pg_up is not 1 yet"
-
-        try:
-            wait_ready(probe, timeout=30, what="postgres_exporter")
-        except UserError:
-            stop_group(record.pgid, grace=5)
-            self.pid_file.unlink(missing_ok=True)
-            raise
+        self.process.start(launch)
         return f"postgres_exporter started on {self.target}"
 
     def stop(self) -> str:
-        record = ExporterRecord.live(self.pid_file)
-        if record is None:
-            return "postgres_exporter is not running"
-        how = stop_group(record.pgid, grace=5)
-        self.pid_file.unlink(missing_ok=True)
-        return f"postgres_exporter stopped (pid {record.pid}, {how})"
+        return self.process.stop()
 
     def running(self) -> ExporterRecord | None:
-        return ExporterRecord.live(self.pid_file)
+        return self.process.running()
+
+    def _pg_up_problem(self) -> str | None:
+        """Ready once its own /metrics says it reached PostgreSQL."""
+        try:
+            with urllib.request.urlopen(f"http://{self.target}/metrics", timeout=3) as resp:
+                text = resp.read().decode()
+        except OSError as exc:
+            return str(exc)
+        return None if "\npg_up 1" in text else "pg_up is not 1 yet"

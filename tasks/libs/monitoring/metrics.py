@@ -10,6 +10,7 @@ status. /health, /version, /metrics and the proxied artifact routes are not coun
 from __future__ import annotations
 
 import math
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -35,10 +36,12 @@ class RequestFigures:
         return histogram_quantile(q, self.buckets)
 
 
-def fetch_metrics(url: str, timeout: float = 5) -> str:
-    """GET <url>/metrics, or a one-line UserError saying why not."""
+def fetch_metrics(url: str, timeout: float = 5, *, ca: str | None = None) -> str:
+    """GET <url>/metrics (https verified with ca, else the system's trust store), or a one-line
+    UserError saying why not."""
+    context = ssl.create_default_context(cafile=ca) if url.startswith("https:") else None
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/metrics", timeout=timeout) as resp:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/metrics", timeout=timeout, context=context) as resp:
             return resp.read().decode()
     except urllib.error.HTTPError as exc:
         hint = " (is server.metrics on? `inv server.restart` after setting it)" if exc.code == 404 else ""

@@ -41,18 +41,20 @@ def raw_request(
     headers: Mapping[str, str | None] | None = None,
     body: bytes | str | dict | None = None,
     timeout: float = 10.0,
+    ca: str | None = None,
 ) -> Answer:
     """base_url (scheme://host:port[/prefix]) + path, the path sent exactly as given.
 
     Exactly one Host header goes out (base_url's netloc unless headers name another; None
     sends none): http.client's own plus ours would be two, which WSGI joins into "a,b",
     and MLflow's host check then refuses every request to a server with an explicit list.
+    An https URL is verified with ca (else MLFLOW_TRACKING_SERVER_CERT_PATH, else the system's store).
     """
     parts = urlsplit(base_url)
     conn: http.client.HTTPConnection
     if parts.scheme == "https":
         # The CA bundle MLflow's own client honours, else the system's trust store.
-        context = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
+        context = ssl.create_default_context(cafile=ca or os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
         conn = http.client.HTTPSConnection(parts.hostname or "", parts.port, timeout=timeout, context=context)
     else:
         conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)

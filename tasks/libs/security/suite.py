@@ -20,6 +20,7 @@ from tasks.libs.reporting.records import FAIL, PASS, SKIPPED, CheckFailed, Check
 from tasks.libs.security import probes_access as access
 from tasks.libs.security import probes_artifacts as artifacts
 from tasks.libs.security import probes_exposure as exposure
+from tasks.libs.security import probes_tls as tls
 from tasks.libs.security import probes_workspaces as workspaces
 from tasks.libs.security.target import Target, Unreachable
 from tasks.libs.security.versions import check_version
@@ -100,6 +101,18 @@ def all_probes() -> list[Probe]:
             "secrets",
             exposure.check_secrets,
             "no configured secret in the logs, the processes' arguments or the reports",
+            http=False,
+        ),
+        Probe(
+            "plain HTTP",
+            tls.check_plain_http,
+            "with TLS configured, nothing answers plain HTTP beyond loopback (the URL's port, our sockets)",
+            http=False,
+        ),
+        Probe(
+            "certificate",
+            tls.check_certificate,
+            "the served certificate is in date, covers the URL's host and chains to the CA clients trust",
             http=False,
         ),
         Probe(

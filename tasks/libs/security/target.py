@@ -14,20 +14,26 @@ import http.client
 import ipaddress
 import os
 import secrets as _secrets
+import ssl
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from tasks.libs.cluster.haproxy import Haproxy
+from tasks.libs.cluster.plan import lb_url, recorded_replicas
+from tasks.libs.cluster.replicas import replica_process
 from tasks.libs.core.credentials import known_secrets, stored_secret
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.redact import redact
 from tasks.libs.core.settings import PROJECT_ROOT, Settings
+from tasks.libs.core.tls import CERT_PATH_ENV, client_ca, cluster_tls
 from tasks.libs.reporting.records import CheckFailed, CheckSkipped
 from tasks.libs.security.http import Answer, raw_request
 from tasks.libs.server.command import allowed_hosts
 from tasks.libs.server.control import ServerPaths, running_record
+from tasks.libs.server.sidecars import ArtifactsServer
 
 KNOWN_FIXED = PROJECT_ROOT / "data" / "security" / "mlflow_known_fixed.yaml"
 NAME_PREFIX = "mlflow-ops-sec"
@@ -88,6 +94,9 @@ class Target:
     server_version: str | None = None  # what GET /version said
     requests_sent: int = 0  # by every probe so far
     answered: bool = False  # the server answered at least one request
+    ca_file: str | None = None  # what an https URL's certificate is verified with (None: the system store)
+    tls_configured: bool = False  # our config says this URL serves TLS (server.tls / cluster.tls)
+    behind: list[tuple[str, int]] = field(default_factory=list)  # (name, pgid) of our processes serving the URL
 
     @property
     def can_write(self) -> bool:
@@ -112,8 +121,13 @@ def target_from_settings(
     url: str | None = None,
     allow_writes: bool = False,
     report_roots: tuple[Path, ...] = (),
+    ca: str | None = None,
 ) -> Target:
-    """The target for `inv test.security`: the configured server unless url names another."""
+    """The target for `inv test.security`: the configured server unless url names another.
+
+    ca: the CA an https URL is verified with; default the tool's own for its own server or load
+    balancer, else MLFLOW_TRACKING_SERVER_CERT_PATH (as MLflow's client), else the system's store.
+    """
     cfg = settings.security
     configured = settings.server.url
     wanted = (url or configured).rstrip("/")
@@ -131,11 +145,15 @@ def target_from_settings(
         probe_timeout=cfg.probe_timeout,
         budget=cfg.request_budget,
         known_fixed=Path(cfg.known_fixed) if cfg.known_fixed else KNOWN_FIXED,
+        ca_file=ca or os.environ.get(CERT_PATH_ENV) or None,
     )
     if not same_server(wanted, configured):
         target.credentials = credentials_from_env()
         target.secrets = tuple(s for s in [target.credentials[1] if target.credentials else None] if s)
-        target.notes.append(f"not the configured server ({configured}): probed from the outside")
+        if same_server(wanted, lb_url(settings)):
+            cluster_knowledge(settings, target, ca)
+        else:
+            target.notes.append(f"not the configured server ({configured}): probed from the outside")
         return target
     record = running_record(settings)
     if record and record.backend != settings.backend:  # e.g. started with --backend, or fell back to SQLite
@@ -143,6 +161,13 @@ def target_from_settings(
         settings = settings.model_copy(update={"backend": record.backend})
     target.local = local_knowledge(settings, report_roots)
     target.owned = target.local.server_pid is not None
+    target.tls_configured = settings.server.tls.enabled
+    target.ca_file = ca or (str(client_ca(settings)) if client_ca(settings) else target.ca_file)
+    if target.local.server_pgid is not None:
+        target.behind.append(("the server", target.local.server_pgid))
+    artifacts_server = ArtifactsServer(settings).running()
+    if artifacts_server:
+        target.behind.append(("the artifacts server", artifacts_server.pgid))
     if not target.owned:
         target.notes.append("no server of ours runs at the configured URL: probed as someone else's")
     if settings.server.auth.enabled:
@@ -157,6 +182,22 @@ def target_from_settings(
     extra = [target.credentials[1]] if target.credentials else []
     target.secrets = tuple(dict.fromkeys([*known_secrets(settings), *extra]))
     return target
+
+
+def cluster_knowledge(settings: Settings, target: Target, ca: str | None) -> None:
+    """The URL is our cluster's load balancer: HAProxy and the replicas are the processes behind it."""
+    target.notes.append(
+        "the cluster's load balancer (cluster.up): probed from the outside, its processes' sockets looked at"
+    )
+    target.tls_configured = cluster_tls(settings)
+    target.ca_file = ca or (str(client_ca(settings)) if client_ca(settings) else target.ca_file)
+    balancer = Haproxy(settings).running()
+    if balancer:
+        target.behind.append(("HAProxy", balancer.pgid))
+    for plan in recorded_replicas(settings):
+        record = replica_process(settings, plan).running()
+        if record:
+            target.behind.append((f"replica {plan.name}", record.pgid))
 
 
 def local_knowledge(settings: Settings, report_roots: tuple[Path, ...] = ()) -> Local:
@@ -265,7 +306,9 @@ class Session:
             wanted["Authorization"] = basic(*creds)
         timeout = min(self.target.timeout, left)
         try:
-            answer = raw_request(self.target.url, method, path, headers=wanted, body=body, timeout=timeout)
+            answer = raw_request(
+                self.target.url, method, path, headers=wanted, body=body, timeout=timeout, ca=self.target.ca_file
+            )
         except (OSError, http.client.HTTPException) as exc:
             raise Unreachable(describe_unreachable(exc, self.target.url, timeout)) from None
         self.target.answered = True
@@ -291,6 +334,8 @@ class Session:
 
 
 def describe_unreachable(exc: BaseException, url: str, timeout: float) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"the certificate of {url} was not accepted ({exc.verify_message}); the certificate probe says why"
     if isinstance(exc, ConnectionRefusedError):
         return f"no server answers at {url} (connection refused)"
     if isinstance(exc, TimeoutError):

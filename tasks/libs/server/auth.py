@@ -12,6 +12,7 @@ import os
 
 from tasks.libs.core.credentials import generated_secret
 from tasks.libs.core.settings import Settings
+from tasks.libs.core.tls import tls_client_env
 
 INI = """[mlflow]
 default_permission = {permission}
@@ -56,11 +57,13 @@ def auth_server_env(settings: Settings) -> dict[str, str]:
 
 
 def client_env(settings: Settings) -> dict[str, str]:
-    """What an MLflow client needs to talk to our server (empty when auth is off)."""
+    """What an MLflow client needs to talk to our server: who to sign in as (auth on) and the CA
+    to trust (TLS with the tool's CA or server.tls.ca_file); empty for a plain open server."""
+    env = tls_client_env(settings)
     if not settings.server.auth.enabled:
-        return {}
+        return env
     user, password = admin_credentials(settings)
-    return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
+    return {**env, "MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": password}
 
 
 def basic_auth_header(settings: Settings) -> dict[str, str]:

@@ -6,18 +6,22 @@ run the way a plain `pip install mlflow` runs it: uvicorn on h11 and asyncio's l
 keeps uvloop, which hides h11's keep-alive stall), job execution left on (MLflow's default).
 Either way the store URI travels in MLFLOW_BACKEND_STORE_URI (the env twin of
 --backend-store-uri) without its password, which libpq reads from PGPASSWORD: no secret
-ever stands in argv, where any user could read it.
+ever stands in argv, where any user could read it. With server.tls.enabled uvicorn serves
+HTTPS (`--ssl-certfile`/`--ssl-keyfile` in --uvicorn-opts: the files' paths, never a key),
+stock and tuned alike, so that the bench compares servers, not TLS against none.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
 from tasks.libs.artifacts.location import s3_env, server_artifact_args
 from tasks.libs.core.credentials import store_uri_and_password_env
 from tasks.libs.core.settings import Settings
+from tasks.libs.core.tls import uvicorn_tls_opts
 from tasks.libs.server.auth import auth_server_env
 
 STOCK_UVICORN_OPTS = "--http h11 --loop asyncio"
@@ -28,17 +32,25 @@ def server_command(settings: Settings, *, stock: bool = False, metrics_path: Pat
     cfg = settings.server
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", cfg.host, "--port", str(cfg.port)]
     if stock:
-        return cmd + ["--uvicorn-opts", STOCK_UVICORN_OPTS]
+        return cmd + ["--uvicorn-opts", uvicorn_opts(settings, STOCK_UVICORN_OPTS)]
     cmd += ["--workers", str(cfg.workers), *server_artifact_args(settings), "--allowed-hosts", allowed_hosts(settings)]
     if cfg.metrics:
         cmd += ["--expose-prometheus", str(metrics_path or metrics_dir(settings))]
-    if cfg.uvicorn_opts:
-        cmd += ["--uvicorn-opts", cfg.uvicorn_opts]
+    opts = uvicorn_opts(settings, cfg.uvicorn_opts)
+    if opts:
+        cmd += ["--uvicorn-opts", opts]
     if cfg.auth.enabled:
         cmd += ["--app-name", "basic-auth"]
     if cfg.workspaces:
         cmd += ["--enable-workspaces"]
     return cmd
+
+
+def uvicorn_opts(settings: Settings, opts: str) -> str:
+    """opts plus, with server.tls.enabled, the certificate and key paths (MLflow shlex-splits it)."""
+    if not settings.server.tls.enabled:
+        return opts
+    return " ".join(filter(None, [opts, shlex.join(uvicorn_tls_opts(settings))]))
 
 
 def server_env(settings: Settings, *, stock: bool = False) -> dict[str, str]:

@@ -15,18 +15,10 @@ from pathlib import Path
 from tasks.libs.artifacts.location import artifact_root, artifacts_server_command, artifacts_server_url, s3_env
 from tasks.libs.artifacts.s3 import EmbeddedS3, embedded_s3_used, require_boto3
 from tasks.libs.core.credentials import known_secrets, store_uri_and_password_env
-from tasks.libs.core.errors import UserError
-from tasks.libs.core.processes import (
-    ProcessRecord,
-    port_holder,
-    port_is_free,
-    start_group,
-    stop_group,
-    tail,
-)
-from tasks.libs.core.redact import redact
+from tasks.libs.core.managed import Launch, Listener, ManagedProcess
+from tasks.libs.core.processes import ProcessRecord
 from tasks.libs.core.settings import Settings
-from tasks.libs.core.waits import wait_ready
+from tasks.libs.core.tls import client_ca
 from tasks.libs.server.probes import health
 
 HOLDERS = ("server", "cluster")
@@ -106,20 +98,20 @@ class ArtifactsServer:
         self.settings = settings
         self.cfg = settings.artifacts.artifacts_server
         folder = settings.state_path / "server"
-        self.pid_file = folder / f"{name}.pid"
-        self.log_file = folder / f"{name}.log"
         self.url = artifacts_server_url(settings)
+        self.process = ManagedProcess(
+            "the artifacts server",
+            pid_file=folder / f"{name}.pid",
+            log_file=folder / f"{name}.log",
+            record=ArtifactsServerRecord,
+            grace=settings.server.stop_grace,
+            secrets=lambda: known_secrets(settings),
+        )
 
     def start(self) -> str:
         current = self.running()
         if current:
             return f"artifacts server already running at {current.url} (pid {current.pid}); reused"
-        host = self.settings.server.host
-        if not port_is_free(host, self.cfg.port):
-            raise UserError(
-                f"port {self.cfg.port} on {host} is in use by {port_holder(self.cfg.port)}; "
-                "stop that or set artifacts.artifacts_server.port"
-            )
         # MLflow refuses a store URI in --artifacts-only mode, even one from the environment.
         env = {
             k: v for k, v in os.environ.items() if k not in ("MLFLOW_BACKEND_STORE_URI", "MLFLOW_REGISTRY_STORE_URI")
@@ -130,33 +122,20 @@ class ArtifactsServer:
             # --artifacts-only --enable-workspaces reads the workspaces from the tracking store (no password in it).
             store_uri, password_env = store_uri_and_password_env(self.settings)
             env.update(password_env, MLFLOW_WORKSPACE_STORE_URI=store_uri)
-        proc = start_group(
-            artifacts_server_command(self.settings), env=env, log_path=self.log_file, cwd=self.pid_file.parent
+        launch = Launch(
+            command=artifacts_server_command(self.settings),
+            env=env,
+            cwd=self.process.pid_file.parent,
+            ready=lambda: None if health(self.url, ca=client_ca(self.settings)) else "/health does not answer",
+            timeout=self.settings.server.start_timeout,
+            listeners=[Listener(self.settings.server.host, self.cfg.port, "set artifacts.artifacts_server.port")],
+            fields=dict(port=self.cfg.port, url=self.url, log=str(self.process.log_file)),
         )
-        record = ArtifactsServerRecord.of(proc.pid, port=self.cfg.port, url=self.url, log=str(self.log_file))
-        record.write(self.pid_file)
-
-        def probe() -> str | None:
-            if proc.poll() is not None:
-                raise UserError("the artifacts server exited during start-up")
-            return None if health(self.url) else "/health does not answer"
-
-        try:
-            wait_ready(probe, timeout=self.settings.server.start_timeout, what="the artifacts server")
-        except UserError as exc:
-            stop_group(record.pgid, grace=self.settings.server.stop_grace)
-            self.pid_file.unlink(missing_ok=True)
-            log = redact(tail(self.log_file, 12), known_secrets(self.settings))
-            raise UserError(f"{exc}\n--- last lines of {self.log_file} ---\n{log}") from None
+        self.process.start(launch)
         return f"artifacts server ready at {self.url} (--artifacts-only, {artifact_root(self.settings)})"
 
     def stop(self) -> str:
-        record = ArtifactsServerRecord.live(self.pid_file)
-        if record is None:
-            return "the artifacts server is not running"
-        how = stop_group(record.pgid, grace=self.settings.server.stop_grace)
-        self.pid_file.unlink(missing_ok=True)
-        return f"stopped the artifacts server (pid {record.pid}, {how})"
+        return self.process.stop()
 
     def running(self) -> ArtifactsServerRecord | None:
-        return ArtifactsServerRecord.live(self.pid_file)
+        return self.process.running()

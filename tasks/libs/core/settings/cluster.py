@@ -62,6 +62,7 @@ class ClusterSettings(StrictModel):
     lb: LoadBalancerSettings
     pgbouncer: PgBouncerSettings
     read_replica: ReadReplicaSettings
+    tls: bool | None  # HAProxy terminates TLS with server.tls's certificate; null: as server.tls.enabled
 
     @model_validator(mode="after")
     def _ports_fit(self) -> ClusterSettings:

@@ -1,13 +1,13 @@
-"""The `server` section: what `mlflow server` runs with, and basic-auth sign-in."""
+"""The `server` section: what `mlflow server` runs with, basic-auth sign-in and TLS."""
 
 from __future__ import annotations
 
 import os
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
-from tasks.libs.core.settings.base import Port, StrictModel
+from tasks.libs.core.settings.base import AbsolutePath, Port, StrictModel
 
 
 class AuthSettings(StrictModel):
@@ -23,6 +23,23 @@ class AuthSettings(StrictModel):
         if value is not None and value.get_secret_value() in ("password1234", ""):
             raise ValueError("this is MLflow's old default admin password; choose another or leave it null")
         return value
+
+
+class TlsSettings(StrictModel):
+    """HTTPS: a certificate and key from config, or (both null) a private CA of the tool's own."""
+
+    enabled: bool
+    cert_file: AbsolutePath | None
+    key_file: AbsolutePath | None
+    ca_file: AbsolutePath | None  # what clients verify cert_file with; null: the system's trust store
+
+    @model_validator(mode="after")
+    def _files_together(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give both cert_file and key_file, or neither (the tool then makes a private CA)")
+        if self.ca_file is not None and self.cert_file is None:
+            raise ValueError("ca_file goes with a cert_file of yours; with both null the tool's own CA is used")
+        return self
 
 
 def auto_workers() -> int:
@@ -50,8 +67,9 @@ class ServerSettings(StrictModel):
     metrics: bool
     workspaces: bool
     auth: AuthSettings
+    tls: TlsSettings
 
     @property
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls.enabled else 'http'}://{host}:{self.port}"

@@ -18,6 +18,7 @@ from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.processes import free_port
 from tasks.libs.core.settings import Settings
+from tasks.libs.core.tls import client_ca
 from tasks.libs.lifecycle.internals.journal import journal_dir
 from tasks.libs.lifecycle.internals.migrate_verify import workspaces_in_use
 from tasks.libs.lifecycle.internals.pgtools import pinned_password, with_database
@@ -73,6 +74,7 @@ def deployment_checks(settings: Settings, report_dir: Path) -> Report:
             store_uri=backend_store_uri(settings, reveal=True),
             artifacts_dir=settings.artifacts_dir,
             browser=None,
+            ca_file=client_ca(settings),  # server.tls on: the scratch server serves HTTPS too
             checks=[c for c in all_checks() if c.name != "web UI"],
         )
     finally:

@@ -79,7 +79,7 @@ def test_the_deployment_checks_pass_over_https_with_the_printed_ca(https_server,
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"verifying its certificate with {server.ca}" in done.stdout
     ui = "PASS" if Path(CHROMIUM).is_file() and shutil.which("certutil") else "SKIPPED"
-    assert re.search(rf"8\. web UI: {ui}", done.stdout), done.stdout
+    assert re.search(rf"10\. web UI: {ui}", done.stdout) and "8. tracing: PASS" in done.stdout, done.stdout
     assert (tmp_path / "report.json").is_file()
 
 

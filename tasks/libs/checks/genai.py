@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
+import requests
+
 from tasks.libs.checks.runner import CheckContext, describe_error
 from tasks.libs.reporting.records import CheckFailed
 
@@ -119,8 +121,9 @@ def _search(ctx: CheckContext, filter_string: str) -> list[Any]:
 
 
 @contextlib.contextmanager
-def _tracing_log() -> Iterator[list[str]]:
-    """What MLflow's tracing loggers warn about meanwhile (the SDK never raises an export error)."""
+def _tracing_log(name: str = "mlflow.tracing") -> Iterator[list[str]]:
+    """What a library's loggers warn about meanwhile (MLflow's SDK and OpenTelemetry's exporter
+    never raise an export error)."""
     said: list[str] = []
 
     class Keep(logging.Handler):
@@ -128,7 +131,7 @@ def _tracing_log() -> Iterator[list[str]]:
             said.append(_one_line(record.getMessage()))
 
     handler = Keep(level=logging.WARNING)
-    logger = logging.getLogger("mlflow.tracing")
+    logger = logging.getLogger(name)
     logger.addHandler(handler)
     try:
         yield said
@@ -145,7 +148,6 @@ def _one_line(text: str) -> str:
 
 def _otlp_trace(ctx: CheckContext) -> str:
     """One span through the OpenTelemetry SDK's OTLP/HTTP exporter, then read back as an MLflow trace."""
-    import requests
     from mlflow.tracing.utils.otlp import build_otlp_headers
     from mlflow.utils.workspace_context import get_request_workspace
     from mlflow.utils.workspace_utils import WORKSPACE_HEADER_NAME
@@ -171,7 +173,7 @@ def _otlp_trace(ctx: CheckContext) -> str:
     if workspace := get_request_workspace():
         headers[WORKSPACE_HEADER_NAME] = workspace
     answers: list[requests.Response] = []
-    session = requests.Session()
+    session = _VerifyingSession()
     session.hooks["response"].append(lambda response, *args, **kwargs: answers.append(response))
     exporter = OTLPSpanExporter(
         endpoint=endpoint,
@@ -181,13 +183,13 @@ def _otlp_trace(ctx: CheckContext) -> str:
         certificate_file=ctx.ca_file or None,  # an https server is verified with the run's CA (None: system store)
     )
     try:
-        with ctx.timed("logging call", f"OTLP export to {OTLP_PATH}"):
+        with ctx.timed("logging call", f"OTLP export to {OTLP_PATH}"), _tracing_log("opentelemetry.exporter") as said:
             result = exporter.export(made.get_finished_spans())
     finally:
         exporter.shutdown()
         session.close()
     if result != SpanExportResult.SUCCESS:
-        raise CheckFailed(_otlp_refusal(endpoint, answers))
+        raise CheckFailed(_otlp_refusal(endpoint, answers, said))
     ctx.trace_ids.append(trace_id)
     try:
         trace = ctx.client.get_trace(trace_id)
@@ -205,9 +207,19 @@ def _otlp_trace(ctx: CheckContext) -> str:
     return trace_id
 
 
-def _otlp_refusal(endpoint: str, answers: list[Any]) -> str:
+class _VerifyingSession(requests.Session):
+    """A session whose own verify (the CA the exporter was given) is what every request uses: a plain
+    Session lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override it request by request."""
+
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("verify", self.verify)
+        return super().request(*args, **kwargs)
+
+
+def _otlp_refusal(endpoint: str, answers: list[Any], said: list[str]) -> str:
     if not answers:
-        return f"the OTLP exporter got no answer from {endpoint} within {OTLP_TIMEOUT_S:g} s (connection refused or timed out)"
+        why = f": {said[-1]}" if said else " (connection refused or timed out)"
+        return f"the OTLP exporter got no answer from {endpoint} within {OTLP_TIMEOUT_S:g} s{why}"
     last = answers[-1]
     body = _one_line(last.text or "")[:160]
     reason = f"the OpenTelemetry exporter's POST {endpoint} answered HTTP {last.status_code}: {body!r}"

@@ -27,9 +27,10 @@ import tasks  # noqa: F401  (makes tasks/ importable)
 from tasks.libs.core.processes import free_port
 from tasks.libs.core.settings import Settings, load_settings
 from tasks.libs.lifecycle.backup import take_backup
-from tasks.libs.lifecycle.internals.pgtools import create_database, with_database
+from tasks.libs.lifecycle.internals.pgtools import with_database
 from tasks.libs.lifecycle.migrate import migrate
 from tasks.libs.lifecycle.restore import restore_backup
+from tasks.libs.postgres.connection import create_database
 from tasks.libs.postgres.providers import provider_for
 
 PASSWORD = "lifecycle-bench"

@@ -2,12 +2,12 @@
 store's life on either backend: backup, restore, upgrade, migrate, gc, vacuum."""
 
 import os
+import shlex
 import time
 from pathlib import Path
 
 from invoke import task
 from invoke.exceptions import Exit
-from psycopg2.extensions import parse_dsn
 
 from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 from tasks.libs.cluster.standby import Standby, with_standby
@@ -26,7 +26,7 @@ from tasks.libs.lifecycle.restore import restore_backup
 from tasks.libs.lifecycle.upgrade import apply_upgrade
 from tasks.libs.lifecycle.vacuum import TABLE_HEADERS as VACUUM_TABLE_HEADERS
 from tasks.libs.lifecycle.vacuum import vacuum as vacuum_store
-from tasks.libs.postgres.connection import recreate_database
+from tasks.libs.postgres.connection import libpq_dsn, libpq_params, recreate_database
 from tasks.libs.postgres.providers import provider_for, remember_provider
 from tasks.libs.reporting.formats import human_bytes, table
 from tasks.libs.server.command import is_loopback
@@ -129,10 +129,9 @@ def reset(c, profile=None, config=None, provider=None, yes=False, wipe=False):
 def psql(c, profile=None, config=None, provider=None):
     """Open a psql shell on the MLflow database (password passed by environment, not argv)."""
     with user_errors():
-        dsn = parse_dsn(postgres_uri(_settings(profile, config, provider), reveal=True).replace("+psycopg2", "", 1))
-    env = {"PGPASSWORD": dsn.pop("password", "")}
-    args = " ".join(f"--{k if k != 'user' else 'username'}={v}" for k, v in dsn.items() if k != "dbname")
-    c.run(f"psql {args} --dbname={dsn.get('dbname', '')}", env=env, pty=os.isatty(0), warn=True)
+        params = libpq_params(_settings(profile, config, provider))
+    env = {"PGPASSWORD": params.pop("password", "")}
+    c.run(f"psql --dbname={shlex.quote(libpq_dsn(params))}", env=env, pty=os.isatty(0), warn=True)
 
 
 # --- the store's life: backup, restore, upgrade, migrate, gc, vacuum -----------------------

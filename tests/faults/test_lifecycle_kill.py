@@ -20,12 +20,14 @@ import psutil
 import pytest
 
 from tasks.libs.core.credentials import backend_store_uri
+from tasks.libs.core.databases import sqlite_readonly
 from tasks.libs.core.settings import PROJECT_ROOT, Settings
 from tasks.libs.core.waits import wait_until
 from tasks.libs.lifecycle.backup import take_backup
 from tasks.libs.lifecycle.internals.manifest import verify_files
-from tasks.libs.lifecycle.internals.pgtools import connect_to, table_counts
+from tasks.libs.lifecycle.internals.pgtools import table_counts
 from tasks.libs.lifecycle.internals.runtime import installed
+from tasks.libs.postgres.connection import pg_connection
 from tests.support.cli import hermetic_env, inv
 from tests.support.lifecycle import (
     OLD_REVISION,
@@ -89,13 +91,9 @@ def _in_group(proc: psutil.Process, pgid: int) -> bool:
 
 
 def _pg_sees(settings: Settings, sql: str) -> bool:
-    conn = connect_to(settings, "postgres")
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, (settings.postgres.database,))
-            return cur.fetchone()[0] > 0
-    finally:
-        conn.close()
+    with pg_connection(settings, dbname="postgres") as conn, conn.cursor() as cur:
+        cur.execute(sql, (settings.postgres.database,))
+        return cur.fetchone()[0] > 0
 
 
 def _note(output: str, operation: str, step: str) -> None:
@@ -135,10 +133,8 @@ def test_sigkill_mid_pg_restore_leaves_the_database_as_it_was_and_the_next_run_f
         old_store(backend_store_uri(pg, reveal=True), metrics=10)
         bulk_metrics(backend_store_uri(pg, reveal=True), RUN_IDS[0], 100_000)
         backup = take_backup(pg)
-        conn = connect_to(pg, None)
-        with conn, conn.cursor() as cur:
+        with pg_connection(pg) as conn, conn.cursor() as cur:
             cur.execute("DELETE FROM metrics WHERE step > 90000")
-        conn.close()
         before = counts_and_revision(pg)
         env = _env(state, pg)
         proc = _start(["-m", "invoke", "db.restore", "--backend", "postgres", "--force"], env, state / "killed.log")
@@ -228,11 +224,8 @@ def _revision(path: Path) -> str | None:
     if not path.exists():
         return None
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0.05)
-        try:
+        with sqlite_readonly(path, timeout=0.05) as conn:
             row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-        finally:
-            conn.close()
     except sqlite3.Error:
         return None
     return row[0] if row else None

@@ -28,7 +28,7 @@ from tasks.libs.core import tls
 from tasks.libs.core.processes import port_is_free
 from tasks.libs.monitoring.metrics import fetch_metrics, total_requests
 from tasks.libs.monitoring.prometheus import promtool_check
-from tasks.libs.postgres.connection import connect
+from tasks.libs.postgres.connection import pg_connection
 from tasks.libs.security.suite import all_probes, run_security
 from tasks.libs.security.target import target_from_settings
 from tests.support.cli import hermetic_env, inv, pid_files, processes_in
@@ -61,15 +61,11 @@ def cluster(pg_settings):
         assert left == [], f"still running: {[p.cmdline()[:3] for p in left]}"
         assert pid_files(settings.state_path) == []
         assert all(port_is_free("127.0.0.1", p.port) for p in replica_plans(settings))
-        conn = connect(settings, dbname="postgres")
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SHOW synchronous_standby_names")
-                assert cur.fetchone()[0] == ""  # the session's PostgreSQL takes writes without a standby again
-                cur.execute("SELECT count(*) FROM pg_replication_slots")
-                assert cur.fetchone()[0] == 0
-        finally:
-            conn.close()
+        with pg_connection(settings, dbname="postgres") as conn, conn.cursor() as cur:
+            cur.execute("SHOW synchronous_standby_names")
+            assert cur.fetchone()[0] == ""  # the session's PostgreSQL takes writes without a standby again
+            cur.execute("SELECT count(*) FROM pg_replication_slots")
+            assert cur.fetchone()[0] == 0
         shutil.rmtree(settings.state_path, ignore_errors=True)
 
 
@@ -150,19 +146,14 @@ def test_pgbouncer_keeps_postgres_connections_within_its_pool_under_eight_client
     done = threading.Event()
 
     def sample() -> None:
-        conn = connect(settings, dbname="postgres")
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                while not done.is_set():
-                    cur.execute(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND backend_type = 'client backend'",
-                        (settings.postgres.database,),
-                    )
-                    samples.append(cur.fetchone()[0])
-                    done.wait(0.05)
-        finally:
-            conn.close()
+        with pg_connection(settings, dbname="postgres", autocommit=True) as conn, conn.cursor() as cur:
+            while not done.is_set():
+                cur.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND backend_type = 'client backend'",
+                    (settings.postgres.database,),
+                )
+                samples.append(cur.fetchone()[0])
+                done.wait(0.05)
 
     sampler = threading.Thread(target=sample)
     sampler.start()
@@ -188,23 +179,17 @@ def test_reads_go_to_the_standby_and_db_status_shows_its_lag(cluster, experiment
         )
         assert answer.status_code == 200 and answer.json()["runs"]
     standby = Standby(settings)
-    replica = settings.model_copy(deep=True)
-    replica.postgres.port = settings.cluster.read_replica.port
-    conn = connect(replica)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_is_in_recovery()")
-            assert cur.fetchone()[0] is True
-            cur.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND backend_type = 'client backend' "
-                "AND pid <> pg_backend_pid()",
-                (settings.postgres.database,),
-            )
-            assert cur.fetchone()[0] >= 1  # the replicas' read pools are connected to the standby
-            cur.execute("SELECT count(*) FROM runs WHERE experiment_id = %s", (int(experiment),))
-            assert cur.fetchone()[0] >= 20  # what the other tests wrote, replayed
-    finally:
-        conn.close()
+    with pg_connection(settings, port=settings.cluster.read_replica.port) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pg_is_in_recovery()")
+        assert cur.fetchone()[0] is True
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND backend_type = 'client backend' "
+            "AND pid <> pg_backend_pid()",
+            (settings.postgres.database,),
+        )
+        assert cur.fetchone()[0] >= 1  # the replicas' read pools are connected to the standby
+        cur.execute("SELECT count(*) FROM runs WHERE experiment_id = %s", (int(experiment),))
+        assert cur.fetchone()[0] >= 20  # what the other tests wrote, replayed
     shown = with_standby(settings, {"running": True})
     assert shown["standby_state"] == "streaming (sync)"
     assert isinstance(shown["standby_replay_lag_bytes"], int) and shown["standby_replay_lag_bytes"] >= 0

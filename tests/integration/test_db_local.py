@@ -11,7 +11,13 @@ from tasks.libs.core.errors import UserError
 from tasks.libs.core.processes import port_is_free
 from tasks.libs.core.waits import wait_until
 from tasks.libs.postgres import os_user
-from tasks.libs.postgres.connection import check_reachable, connect
+from tasks.libs.postgres.connection import (
+    check_reachable,
+    create_database,
+    database_exists,
+    drop_database,
+    pg_connection,
+)
 from tasks.libs.postgres.local import LocalPostgres
 from tasks.libs.postgres.providers import provider_for
 from tests.support.settings import PG_PASSWORD, make_settings
@@ -25,12 +31,12 @@ def test_start_from_nothing_then_reuse_then_restart_keeps_data(state_dir):
     try:
         assert "initialised and started" in db.start()
         assert "already running (reused)" in db.start()
-        with connect(settings) as conn, conn.cursor() as cur:
+        with pg_connection(settings) as conn, conn.cursor() as cur:
             cur.execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)")
         assert db.stop() == "PostgreSQL stopped"
         assert check_reachable(settings) is not None
         assert "PostgreSQL started" in db.start()
-        with connect(settings) as conn, conn.cursor() as cur:
+        with pg_connection(settings) as conn, conn.cursor() as cur:
             cur.execute("SELECT x FROM kept")
             assert cur.fetchone() == (42,)
     finally:
@@ -59,7 +65,7 @@ def test_generated_password_is_private_and_never_in_argv(state_dir):
 
 
 def test_listens_on_loopback_only(pg_settings):
-    with connect(pg_settings) as conn, conn.cursor() as cur:
+    with pg_connection(pg_settings) as conn, conn.cursor() as cur:
         cur.execute("SHOW listen_addresses")
         assert cur.fetchone() == ("127.0.0.1",)
 
@@ -67,6 +73,33 @@ def test_listens_on_loopback_only(pg_settings):
 def test_password_with_uri_characters_connects(pg_settings):
     assert pg_settings.postgres.password.get_secret_value() == PG_PASSWORD
     assert check_reachable(pg_settings) is None
+
+
+def test_pg_connection_commits_a_finished_block_rolls_back_a_failed_one_and_always_closes(pg_settings):
+    with pg_connection(pg_settings) as conn, conn.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS cm_probe; CREATE TABLE cm_probe (x int); INSERT INTO cm_probe VALUES (1)")
+    assert conn.closed
+    with pytest.raises(RuntimeError), pg_connection(pg_settings) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO cm_probe VALUES (2)")
+        raise RuntimeError("the block failed")
+    assert conn.closed
+    with pg_connection(pg_settings, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("SELECT x FROM cm_probe")
+        assert cur.fetchall() == [(1,)]
+        cur.execute("DROP TABLE cm_probe")
+
+
+def test_create_and_drop_database_quote_the_name_and_force_out_its_sessions(pg_settings):
+    name = 'cm "odd" Name-1'
+    drop_database(pg_settings, name)
+    assert create_database(pg_settings, name) is True
+    assert create_database(pg_settings, name, if_missing=True) is False
+    with pytest.raises(UserError, match="cannot create database"):
+        create_database(pg_settings, name)
+    with pg_connection(pg_settings, dbname=name, autocommit=True):  # a session DROP ... WITH (FORCE) ends
+        assert database_exists(pg_settings, name)
+        drop_database(pg_settings, name)
+    assert not database_exists(pg_settings, name)
 
 
 def test_wrong_password_is_refused_with_a_clear_reason(pg_settings):
@@ -81,7 +114,7 @@ def test_stale_postmaster_pid_is_recovered_without_losing_data(state_dir):
     db = LocalPostgres(settings)
     try:
         db.start()
-        with connect(settings) as conn, conn.cursor() as cur:
+        with pg_connection(settings) as conn, conn.cursor() as cur:
             cur.execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (7)")
         pid = db.postmaster_pid()
         assert pid is not None
@@ -90,7 +123,7 @@ def test_stale_postmaster_pid_is_recovered_without_losing_data(state_dir):
         assert pid_file.exists()
         _wait_gone(pid)
         assert "PostgreSQL started" in db.start()
-        with connect(settings) as conn, conn.cursor() as cur:
+        with pg_connection(settings) as conn, conn.cursor() as cur:
             cur.execute("SELECT x FROM kept")
             assert cur.fetchone() == (7,)
     finally:
@@ -133,14 +166,14 @@ def test_postmaster_pid_naming_a_live_foreign_process_is_cleared_and_that_proces
     foreign = subprocess.Popen(["sleep", "300"])
     try:
         db.start()
-        with connect(settings) as conn, conn.cursor() as cur:
+        with pg_connection(settings) as conn, conn.cursor() as cur:
             cur.execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (9)")
         db.stop()
         pid_file = state_dir / "postgres" / "data" / "postmaster.pid"
         pid_file.write_text(f"{foreign.pid}\n{state_dir / 'postgres' / 'data'}\n")  # a reused pid
         assert "PostgreSQL started" in db.start()
         assert foreign.poll() is None
-        with connect(settings) as conn, conn.cursor() as cur:
+        with pg_connection(settings) as conn, conn.cursor() as cur:
             cur.execute("SELECT x FROM kept")
             assert cur.fetchone() == (9,)
     finally:

@@ -12,9 +12,10 @@ import sqlalchemy as sa
 
 from tasks.libs.core.credentials import backend_store_uri, store_uri_and_password_env
 from tasks.libs.core.errors import UserError
-from tasks.libs.lifecycle.internals.pgtools import create_database, drop_database, table_counts, with_database
+from tasks.libs.lifecycle.internals.pgtools import table_counts, with_database
 from tasks.libs.lifecycle.internals.runtime import db_upgrade, installed
 from tasks.libs.lifecycle.migrate import migrate
+from tasks.libs.postgres.connection import create_database, drop_database
 from tests.support.lifecycle import (
     add_workspace,
     counts_and_revision,

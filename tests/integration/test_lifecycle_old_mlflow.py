@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from tasks.libs.core.credentials import backend_store_uri
+from tasks.libs.core.databases import engine_for
 from tasks.libs.core.errors import UserError
 from tasks.libs.lifecycle.backup import take_backup
-from tasks.libs.lifecycle.internals.engines import engine_for
 from tasks.libs.lifecycle.internals.runtime import installed, runtime_for
 from tasks.libs.lifecycle.internals.snapshot import compare, same_columns, snapshot, upgrade_tables
 from tasks.libs.lifecycle.rehearsal import rehearse

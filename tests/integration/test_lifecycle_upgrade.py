@@ -16,11 +16,11 @@ import pytest
 from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.errors import UserError
 from tasks.libs.lifecycle.backup import take_backup
-from tasks.libs.lifecycle.internals.pgtools import create_database
 from tasks.libs.lifecycle.internals.runtime import installed
 from tasks.libs.lifecycle.rehearsal import rehearse
 from tasks.libs.lifecycle.restore import restore_backup
 from tasks.libs.lifecycle.upgrade import apply_upgrade, check_store
+from tasks.libs.postgres.connection import create_database
 from tests.support.lifecycle import (
     OLD_REVISION,
     counts_and_revision,

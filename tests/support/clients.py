@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tasks.libs.core.databases import sqlite_readonly
 from tasks.libs.core.settings import Settings
 from tasks.libs.core.waits import wait_until
-from tasks.libs.postgres.connection import connect
+from tasks.libs.postgres.connection import pg_connection
 
 CLIENT = Path(__file__).with_name("metric_client.py")
 
@@ -111,17 +111,12 @@ def stored_steps(settings: Settings, run_ids: list[str]) -> dict[str, set[int]]:
     query = "SELECT run_uuid, step FROM metrics WHERE key = 'm' AND run_uuid IN ({})"
     found: dict[str, set[int]] = {run: set() for run in run_ids}
     if settings.backend == "sqlite":
-        with sqlite3.connect(f"file:{settings.sqlite_file}?mode=ro", uri=True) as conn:
+        with sqlite_readonly(settings.sqlite_file) as conn:
             rows = conn.execute(query.format(",".join("?" * len(run_ids))), run_ids).fetchall()
-        conn.close()
     else:
-        conn = connect(settings)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(query.format(",".join(["%s"] * len(run_ids))), run_ids)
-                rows = cur.fetchall()
-        finally:
-            conn.close()
+        with pg_connection(settings) as pg, pg.cursor() as cur:
+            cur.execute(query.format(",".join(["%s"] * len(run_ids))), run_ids)
+            rows = cur.fetchall()
     for run, step in rows:
         found[run].add(int(step))
     return found

@@ -10,7 +10,7 @@ import requests
 
 from tasks.libs.core.processes import free_port, free_ports_in_a_row
 from tasks.libs.core.settings import Settings
-from tasks.libs.postgres.connection import connect, ensure_database
+from tasks.libs.postgres.connection import ensure_database, pg_connection
 from tests.support.settings import PG_PASSWORD, make_settings, make_state_dir
 
 
@@ -95,10 +95,6 @@ def log_through(url: str, experiment_id: str, *, clients: int, calls: int, verif
 
 def stored_steps(settings: Settings, run_id: str) -> set[int]:
     """The steps of metric 'loss' the store holds for run_id (read from PostgreSQL itself)."""
-    conn = connect(settings)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT step FROM metrics WHERE run_uuid = %s AND key = 'loss'", (run_id,))
-            return {int(row[0]) for row in cur.fetchall()}
-    finally:
-        conn.close()
+    with pg_connection(settings) as conn, conn.cursor() as cur:
+        cur.execute("SELECT step FROM metrics WHERE run_uuid = %s AND key = 'loss'", (run_id,))
+        return {int(row[0]) for row in cur.fetchall()}

@@ -4,19 +4,19 @@ everything, settings aimed at a database of their own, byte and row fingerprints
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import uuid
 from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy.pool import NullPool
 
 from tasks.libs.core.credentials import backend_store_uri
+from tasks.libs.core.databases import engine_for, sqlite_readonly
 from tasks.libs.core.settings import Settings
 from tasks.libs.core.waits import wait_until
-from tasks.libs.lifecycle.internals.pgtools import connect_to, create_database, drop_database, with_database
+from tasks.libs.lifecycle.internals.pgtools import with_database
 from tasks.libs.lifecycle.internals.schema_compare import build_reference
 from tasks.libs.lifecycle.internals.snapshot import row_counts
+from tasks.libs.postgres.connection import create_database, drop_database, pg_connection
 from tasks.libs.server.control import ServerPaths, ServerRecord
 from tests.support.settings import make_settings
 
@@ -33,8 +33,7 @@ def old_store(uri: str, revision: str = OLD_REVISION, *, metrics: int = 300) -> 
     """A store at `revision` made by the installed MLflow's own migrations, filled by SQL the way
     MLflow 2.22 fills it (sequence advanced, as a real store's is)."""
     build_reference(revision, uri)
-    engine = sa.create_engine(uri, poolclass=NullPool)
-    with engine.begin() as conn:
+    with engine_for(uri) as engine, engine.begin() as conn:
         conn.execute(
             sa.text(
                 "INSERT INTO experiments (experiment_id, name, artifact_location, lifecycle_stage, creation_time, "
@@ -85,7 +84,6 @@ def old_store(uri: str, revision: str = OLD_REVISION, *, metrics: int = 300) -> 
         conn.execute(sa.text("INSERT INTO model_version_tags (key, value, name, version) VALUES ('v', '1', 'm', 1)"))
         if engine.dialect.name == "postgresql":
             conn.execute(sa.text("SELECT setval('experiments_experiment_id_seq', 1)"))
-    engine.dispose()
 
 
 def pg_on(settings: Settings, state_dir: Path, database: str) -> Settings:
@@ -105,28 +103,21 @@ def drop(settings: Settings) -> None:
 
 
 def counts_and_revision(settings: Settings) -> tuple[dict[str, int], list[str]]:
-    engine = sa.create_engine(backend_store_uri(settings, reveal=True), poolclass=NullPool)
-    try:
+    with engine_for(backend_store_uri(settings, reveal=True)) as engine:
         with engine.connect() as conn:
             revision = [r[0] for r in conn.execute(sa.text("SELECT version_num FROM alembic_version"))]
         return row_counts(engine), revision
-    finally:
-        engine.dispose()
 
 
 def sessions_gone(settings: Settings, database: str, timeout: float = 30) -> bool:
     """Wait until no other session uses the database (a killed client's backend lingers a moment)."""
 
     def none_left() -> bool:
-        conn = connect_to(settings, "postgres")
-        try:
-            with conn.cursor() as cur:
-                cur.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (database,)
-                )
-                return cur.fetchone()[0] == 0
-        finally:
-            conn.close()
+        with pg_connection(settings, dbname="postgres") as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (database,)
+            )
+            return cur.fetchone()[0] == 0
 
     return wait_until(none_left, timeout=timeout, interval=0.1)
 
@@ -139,11 +130,8 @@ def pretend_server_runs(settings: Settings, proc_pid: int) -> None:
 
 
 def sqlite_journal_mode(path: Path) -> str:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
+    with sqlite_readonly(path) as conn:
         return conn.execute("PRAGMA journal_mode").fetchone()[0]
-    finally:
-        conn.close()
 
 
 def head_store(path: Path, *, runs: int = 3, metrics: int = 200) -> dict:
@@ -203,8 +191,7 @@ def head_store(path: Path, *, runs: int = 3, metrics: int = 200) -> dict:
 
 def bulk_metrics(uri: str, run_id: str, rows: int) -> None:
     """Many metric rows fast, straight by SQL (a COPY or restore of them takes long enough to be killed)."""
-    engine = sa.create_engine(uri, poolclass=NullPool)
-    with engine.begin() as conn:
+    with engine_for(uri) as engine, engine.begin() as conn:
         if engine.dialect.name == "postgresql":
             conn.execute(
                 sa.text(
@@ -219,7 +206,6 @@ def bulk_metrics(uri: str, run_id: str, rows: int) -> None:
                 "INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) SELECT 'bulk', i * 0.5, i, ?, i, 0 FROM g",
                 (rows, run_id),
             )
-    engine.dispose()
 
 
 def add_workspace(path: Path, workspace: str = "team-b") -> dict:

@@ -12,9 +12,10 @@ from invoke import Context
 from invoke.exceptions import Exit
 
 from tasks import inspect as inspect_tasks
+from tasks.libs.core.databases import sqlite_journal_mode
 from tasks.libs.core.processes import free_port
 from tasks.libs.store.inspection import inspect_store, integrity, schema_revision
-from tasks.libs.store.reader import open_store, sqlite_journal_mode
+from tasks.libs.store.reader import open_store
 from tasks.libs.store.report import render
 from tests.support.store import inspect_error
 

@@ -16,6 +16,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from tasks.libs.core.databases import sqlite_connection
+
 TABLE = "mlflow_ops_bench_raw_metrics"
 COLUMNS = "(key, value, timestamp, run_uuid, step, is_nan)"
 
@@ -54,8 +56,7 @@ def _measure(
 
 def raw_sqlite(path: Path, **limits) -> list[dict]:
     """Raw insert rates into the SQLite file (its own journal mode; MLflow's busy_timeout)."""
-    conn = sqlite3.connect(path, timeout=20)
-    try:
+    with sqlite_connection(path) as conn:
         conn.execute("PRAGMA busy_timeout = 20000")
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS {TABLE} (key VARCHAR(250) NOT NULL, value FLOAT NOT NULL, "
@@ -70,43 +71,35 @@ def raw_sqlite(path: Path, **limits) -> list[dict]:
         conn.execute(f"DROP TABLE {TABLE}")
         conn.commit()
         return result
-    finally:
-        conn.close()
 
 
 def raw_postgres(conn, **limits) -> list[dict]:
-    """Raw insert rates through a psycopg2 connection (execute_values for the batches)."""
+    """Raw insert rates through a psycopg2 connection (execute_values for the batches); the caller closes it."""
     from psycopg2.extras import execute_values
 
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                f"CREATE TABLE IF NOT EXISTS {TABLE} (key VARCHAR(250) NOT NULL, value DOUBLE PRECISION "
-                "NOT NULL, timestamp BIGINT NOT NULL, run_uuid VARCHAR(32) NOT NULL, step BIGINT NOT NULL, "
-                "is_nan BOOLEAN NOT NULL)"
-            )
-            conn.commit()
-            sql = f"INSERT INTO {TABLE} {COLUMNS} VALUES (%s, %s, %s, %s, %s, %s)"
-            result = _measure(
-                lambda row: cur.execute(sql, row),
-                lambda rows: execute_values(cur, f"INSERT INTO {TABLE} {COLUMNS} VALUES %s", rows, page_size=len(rows)),
-                conn.commit,
-                **limits,
-            )
-            cur.execute(f"DROP TABLE {TABLE}")
-            conn.commit()
-        return result
-    finally:
-        conn.close()
+    with conn.cursor() as cur:
+        cur.execute(
+            f"CREATE TABLE IF NOT EXISTS {TABLE} (key VARCHAR(250) NOT NULL, value DOUBLE PRECISION "
+            "NOT NULL, timestamp BIGINT NOT NULL, run_uuid VARCHAR(32) NOT NULL, step BIGINT NOT NULL, "
+            "is_nan BOOLEAN NOT NULL)"
+        )
+        conn.commit()
+        sql = f"INSERT INTO {TABLE} {COLUMNS} VALUES (%s, %s, %s, %s, %s, %s)"
+        result = _measure(
+            lambda row: cur.execute(sql, row),
+            lambda rows: execute_values(cur, f"INSERT INTO {TABLE} {COLUMNS} VALUES %s", rows, page_size=len(rows)),
+            conn.commit,
+            **limits,
+        )
+        cur.execute(f"DROP TABLE {TABLE}")
+        conn.commit()
+    return result
 
 
 def postgres_version(conn) -> str:
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SHOW server_version")
-            return cur.fetchone()[0]
-    finally:
-        conn.close()
+    with conn.cursor() as cur:
+        cur.execute("SHOW server_version")
+        return cur.fetchone()[0]
 
 
 def environment() -> dict:

@@ -44,15 +44,15 @@ from tasks.libs.bench.workload import (
     run_workload,
 )
 from tasks.libs.core.credentials import backend_store_uri
+from tasks.libs.core.databases import sqlite_journal_mode
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.processes import free_port
 from tasks.libs.core.settings import Settings
 from tasks.libs.core.tls import trust_bundle, trust_for_clients
-from tasks.libs.postgres.connection import connect, recreate_database
+from tasks.libs.postgres.connection import pg_connection, recreate_database
 from tasks.libs.postgres.providers import provider_for
 from tasks.libs.server.command import server_command, server_env
 from tasks.libs.server.control import start_server, stop_server
-from tasks.libs.store.reader import sqlite_journal_mode
 
 BACKENDS = ("sqlite", "postgres")
 SETUPS = ("tuned", "stock")
@@ -255,12 +255,16 @@ def _raw(t: Target, spec: WorkloadSpec) -> list[dict]:
     }
     if t.backend == "sqlite":
         return bench_raw.raw_sqlite(t.settings.sqlite_file, **limits)
-    return bench_raw.raw_postgres(connect(t.settings), **limits)
+    with pg_connection(t.settings) as conn:
+        return bench_raw.raw_postgres(conn, **limits)
 
 
 def _environment(targets: list[Target], pg_settings: Settings | None) -> dict:
     env = bench_raw.environment()
-    env["postgres"] = bench_raw.postgres_version(connect(pg_settings)) if pg_settings else "not benched"
+    env["postgres"] = "not benched"
+    if pg_settings:
+        with pg_connection(pg_settings) as conn:
+            env["postgres"] = bench_raw.postgres_version(conn)
     for t in targets:
         if t.backend == "sqlite":
             env[f"sqlite_journal_mode_{t.setup}"] = sqlite_journal_mode(t.settings.sqlite_file)

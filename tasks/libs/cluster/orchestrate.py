@@ -45,7 +45,7 @@ from tasks.libs.core.settings import Settings
 from tasks.libs.core.tls import client_ca, cluster_tls, ensure_tls, fingerprint, haproxy_pem
 from tasks.libs.monitoring.exporter import PostgresExporter
 from tasks.libs.monitoring.prometheus import PrometheusFiles, ScrapeTargets, write_prometheus_files
-from tasks.libs.postgres.connection import check_reachable, connect
+from tasks.libs.postgres.connection import check_reachable, pg_connection
 from tasks.libs.postgres.providers import provider_for
 from tasks.libs.server.command import is_loopback
 from tasks.libs.server.sidecars import (
@@ -246,11 +246,8 @@ def _frontend_tls(settings: Settings, say: Say) -> FrontendTls | None:
 
 def _pool_env(settings: Settings, say: Say) -> tuple[tuple[str, str], ...]:
     """Without PgBouncer, smaller SQLAlchemy pools when full ones could pass max_connections."""
-    conn = connect(settings, dbname="postgres")
-    try:
+    with pg_connection(settings, dbname="postgres") as conn:
         budget = connection_budget(*server_limits(conn))
-    finally:
-        conn.close()
     fitted = pool_fitting_budget(settings, settings.cluster.replicas, budget)
     if fitted is None:
         return ()

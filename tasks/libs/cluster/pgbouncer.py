@@ -24,16 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
-from sqlalchemy.engine import make_url
 
 from tasks.libs.cluster.plan import cluster_dir
-from tasks.libs.core.credentials import known_secrets, postgres_uri
+from tasks.libs.core.credentials import known_secrets
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.managed import Launch, Listener, ManagedProcess
 from tasks.libs.core.processes import ProcessRecord
 from tasks.libs.core.programs import require_program
 from tasks.libs.core.settings import Settings
-from tasks.libs.postgres.connection import connect, explain_error
+from tasks.libs.postgres.connection import ConnectError, libpq_dsn, libpq_params, pg_connection
 from tasks.libs.postgres.local import LocalPostgres
 from tasks.libs.postgres.os_user import PostgresOsUser
 
@@ -100,11 +99,11 @@ def scram_secret(conn, user: str) -> str:
 def render_ini(settings: Settings, *, auth_file: Path, sizes: dict[str, int]) -> str:
     """pgbouncer.ini: one database, the primary's, under its own name."""
     cfg = settings.cluster.pgbouncer
-    url = make_url(postgres_uri(settings, reveal=True))
+    server = libpq_params(settings, password=False)  # PgBouncer logs in with the auth_file's secret
     lines = [
         "; written by mlflow-ops cluster.up; regenerated on every start",
         "[databases]",
-        f"{url.database} = host={url.host} port={url.port or 5432} dbname={url.database}",
+        f"{server['dbname']} = " + libpq_dsn({key: server[key] for key in ("host", "port", "dbname") if key in server}),
         "",
         "[pgbouncer]",
         f"listen_addr = {cfg.host}",
@@ -116,8 +115,8 @@ def render_ini(settings: Settings, *, auth_file: Path, sizes: dict[str, int]) ->
         *(f"{key} = {value}" for key, value in sizes.items()),
         "server_reset_query =",  # transaction pooling: nothing session-level to reset
         "ignore_startup_parameters = extra_float_digits,options",
-        f"admin_users = {url.username}",
-        f"stats_users = {url.username}",
+        f"admin_users = {server.get('user', '')}",
+        f"stats_users = {server.get('user', '')}",
         "log_connections = 0",  # one line per login and logout otherwise
         "log_disconnections = 0",
         "logfile =",  # stderr goes to our log
@@ -149,16 +148,13 @@ class PgBouncer:
         if current:
             return f"PgBouncer already running on {self.cfg.host}:{self.cfg.port} (pid {current.pid}); reused"
         binary = require_program("pgbouncer", "pgbouncer")
-        conn = connect(self.settings, dbname="postgres")
-        try:
+        with pg_connection(self.settings, dbname="postgres") as conn:
             budget = connection_budget(*server_limits(conn))
-            secret = scram_secret(conn, make_url(postgres_uri(self.settings)).username or "")
-        finally:
-            conn.close()
+            secret = scram_secret(conn, libpq_params(self.settings, password=False).get("user", ""))
         sizes = pool_sizes(
             self.settings, budget=budget, worst_case_clients=worst_case_clients, cpus=os.cpu_count() or 2
         )
-        user = make_url(postgres_uri(self.settings)).username
+        user = libpq_params(self.settings, password=False).get("user", "")
         self._write(self.ini, render_ini(self.settings, auth_file=self.auth_file, sizes=sizes))
         self._write(self.auth_file, f'"{user}" "{secret}"\n')
         account = self.os_user.account()
@@ -185,41 +181,27 @@ class PgBouncer:
     def running(self) -> PgBouncerRecord | None:
         return self.process.running()
 
-    def connect(self, dbname: str | None = None):
-        """A login through PgBouncer as the configured user (dbname pgbouncer: its admin console)."""
-        url = make_url(postgres_uri(self.settings, reveal=True))
-        return psycopg2.connect(
-            host=self.cfg.host,
-            port=self.cfg.port,
-            user=url.username,
-            password=url.password,
-            dbname=dbname or url.database,
-            connect_timeout=3,
+    def connect(self, dbname: str | None = None, *, autocommit: bool = False):
+        """A login through PgBouncer as the configured user (dbname pgbouncer: its admin console), closed
+        at the end of the block."""
+        return pg_connection(
+            self.settings, host=self.cfg.host, port=self.cfg.port, dbname=dbname, autocommit=autocommit
         )
 
     def login_problem(self) -> str | None:
         try:
-            conn = self.connect()
-        except psycopg2.Error as exc:
-            return explain_error(exc, f"{self.cfg.host}:{self.cfg.port}")
-        try:
-            with conn.cursor() as cur:
+            with self.connect() as conn, conn.cursor() as cur:
                 cur.execute("SELECT 1")
             return None
-        finally:
-            conn.close()
+        except ConnectError as exc:
+            return exc.reason
 
     def show(self, what: str = "POOLS") -> list[dict[str, Any]]:
         """SHOW POOLS / STATS / CLIENTS on the admin console."""
-        conn = self.connect("pgbouncer")
-        try:
-            conn.autocommit = True  # the console takes no transactions
-            with conn.cursor() as cur:
-                cur.execute(f"SHOW {what}")
-                names = [d[0] for d in cur.description]
-                return [dict(zip(names, row)) for row in cur.fetchall()]
-        finally:
-            conn.close()
+        with self.connect("pgbouncer", autocommit=True) as conn, conn.cursor() as cur:  # it takes no transactions
+            cur.execute(f"SHOW {what}")
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
 
     def _write(self, path: Path, text: str) -> None:
         """A 0600 file of the OS user's in a 0700 folder of theirs (PgBouncer reads it after setuid)."""

@@ -18,11 +18,12 @@ Facts this relies on (PostgreSQL 15, measured here):
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from typing import Any
 
 import psutil
-import psycopg2
 from psycopg2 import sql
 
 from tasks.libs.core.credentials import generated_secret
@@ -30,7 +31,7 @@ from tasks.libs.core.errors import UserError
 from tasks.libs.core.processes import port_holder, port_is_free, tail
 from tasks.libs.core.settings import Settings
 from tasks.libs.core.waits import wait_ready
-from tasks.libs.postgres.connection import connect, explain_error
+from tasks.libs.postgres.connection import ConnectError, pg_connection
 from tasks.libs.postgres.local import LocalPostgres
 from tasks.libs.postgres.os_user import last_line, server_binaries
 
@@ -122,41 +123,29 @@ class Standby:
 
     def set_synchronous(self, on: bool) -> None:
         """remote_apply: a commit returns once the standby has applied it (read-your-writes)."""
-        conn = self._primary()
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SHOW synchronous_standby_names")
-                wanted = self.cfg.name if on else ""
-                if cur.fetchone()[0] == wanted:
-                    return
-                cur.execute("ALTER SYSTEM SET synchronous_standby_names = %s", (wanted,))
-                cur.execute("ALTER SYSTEM SET synchronous_commit = %s", ("remote_apply" if on else "on",))
-                cur.execute("SELECT pg_reload_conf()")
-        finally:
-            conn.close()
+        with self._primary() as conn, conn.cursor() as cur:
+            cur.execute("SHOW synchronous_standby_names")
+            wanted = self.cfg.name if on else ""
+            if cur.fetchone()[0] == wanted:
+                return
+            cur.execute("ALTER SYSTEM SET synchronous_standby_names = %s", (wanted,))
+            cur.execute("ALTER SYSTEM SET synchronous_commit = %s", ("remote_apply" if on else "on",))
+            cur.execute("SELECT pg_reload_conf()")
 
     def drop_slot(self) -> bool:
-        conn = self._primary()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                    "WHERE slot_name = %s AND NOT active",
-                    (self.cfg.name,),
-                )
-                return cur.rowcount > 0
-        finally:
-            conn.close()
+        with self._primary() as conn, conn.cursor() as cur:
+            cur.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                "WHERE slot_name = %s AND NOT active",
+                (self.cfg.name,),
+            )
+            return cur.rowcount > 0
 
     def status(self) -> dict[str, Any]:
         """For db.status: the standby as the primary sees it (state, sync, lag) and as it sees itself."""
         out: dict[str, Any] = {"standby": f"{'running' if self.running() else 'stopped'} on port {self.cfg.port}"}
         try:
-            conn = self._primary()
-        except UserError as exc:
-            return {**out, "standby_problem": str(exc)}
-        try:
-            with conn.cursor() as cur:
+            with self._primary() as conn, conn.cursor() as cur:
                 cur.execute(
                     "SELECT state, sync_state, pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, "
                     "EXTRACT(EPOCH FROM replay_lag)::float FROM pg_stat_replication WHERE application_name = %s",
@@ -165,8 +154,8 @@ class Standby:
                 row = cur.fetchone()
                 cur.execute("SHOW synchronous_standby_names")
                 sync_names = cur.fetchone()[0]
-        finally:
-            conn.close()
+        except UserError as exc:  # the primary does not answer
+            return {**out, "standby_problem": str(exc)}
         if row:
             state, sync, lag_bytes, lag_s = row
             out.update(
@@ -188,25 +177,21 @@ class Standby:
 
     def _base_backup(self, bins) -> None:
         password = generated_secret(self.settings, SECRET)
-        conn = self._primary()
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (self.cfg.replication_user,))
-                verb = "ALTER" if cur.fetchone() else "CREATE"
-                cur.execute(
-                    sql.SQL(verb + " ROLE {} WITH REPLICATION LOGIN PASSWORD %s").format(
-                        sql.Identifier(self.cfg.replication_user)
-                    ),
-                    (password,),
-                )
-                # a slot left by a standby whose data was removed would make -C fail
-                cur.execute(
-                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                    "WHERE slot_name = %s AND NOT active",
-                    (self.cfg.name,),
-                )
-        finally:
-            conn.close()
+        with self._primary() as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (self.cfg.replication_user,))
+            verb = "ALTER" if cur.fetchone() else "CREATE"
+            cur.execute(
+                sql.SQL(verb + " ROLE {} WITH REPLICATION LOGIN PASSWORD %s").format(
+                    sql.Identifier(self.cfg.replication_user)
+                ),
+                (password,),
+            )
+            # a slot left by a standby whose data was removed would make -C fail
+            cur.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                "WHERE slot_name = %s AND NOT active",
+                (self.cfg.name,),
+            )
         shutil.rmtree(self.data_dir, ignore_errors=True)  # a half-made copy from an interrupted backup
         pg = self.settings.postgres
         result = self.primary.os_user.run(
@@ -225,13 +210,9 @@ class Standby:
         mine = next(
             (line.split(":", 1)[1].strip() for line in result.stdout.splitlines() if "system identifier" in line), None
         )
-        conn = self._primary()
-        try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT system_identifier::text FROM pg_control_system()")
-                return mine == cur.fetchone()[0]
-        finally:
-            conn.close()
+        with self._primary() as conn, conn.cursor() as cur:
+            cur.execute("SELECT system_identifier::text FROM pg_control_system()")
+            return mine == cur.fetchone()[0]
 
     def _options(self) -> str:
         options = {
@@ -247,29 +228,26 @@ class Standby:
 
     def _wait_streaming(self) -> None:
         def probe() -> str | None:
-            conn = self._primary()
-            try:
-                with conn.cursor() as cur:
-                    cur.execute("SELECT state FROM pg_stat_replication WHERE application_name = %s", (self.cfg.name,))
-                    row = cur.fetchone()
-            finally:
-                conn.close()
+            with self._primary() as conn, conn.cursor() as cur:
+                cur.execute("SELECT state FROM pg_stat_replication WHERE application_name = %s", (self.cfg.name,))
+                row = cur.fetchone()
             return None if row and row[0] == "streaming" else f"replication state {row[0] if row else 'none'}"
 
         wait_ready(probe, timeout=self.settings.postgres.start_timeout, what="the standby")
 
-    def _primary(self):
+    @contextlib.contextmanager
+    def _primary(self) -> Iterator[Any]:
+        """An autocommit connection to the primary (ALTER SYSTEM takes no transaction), closed at the end."""
         try:
-            conn = connect(self.settings, dbname="postgres")
-        except psycopg2.Error as exc:
-            raise UserError(f"the primary PostgreSQL is not usable ({explain_error(exc, 'the primary')})") from None
-        conn.autocommit = True
-        return conn
+            with pg_connection(self.settings, dbname="postgres", autocommit=True) as conn:
+                yield conn
+        except ConnectError as exc:
+            raise UserError(f"the primary PostgreSQL is not usable ({exc.reason})") from None
 
     def _primary_answers(self) -> bool:
         try:
-            self._primary().close()
-            return True
+            with self._primary():
+                return True
         except UserError:
             return False
 

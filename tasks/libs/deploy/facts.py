@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy.engine import make_url
-
-from tasks.libs.core.credentials import postgres_uri
 from tasks.libs.core.settings import Settings
 from tasks.libs.deploy.process import Placement, placed_database_uri
+from tasks.libs.postgres.connection import libpq_params
 from tasks.libs.server.auth import INI
 
 FORMATS = ("compose", "helm", "systemd")
@@ -32,11 +30,14 @@ class Database:
 def database(settings: Settings) -> Database | None:
     if settings.backend != "postgres":
         return None
-    pg = settings.postgres
-    if pg.provider == "external":
-        url = make_url(postgres_uri(settings, reveal=True))
-        return Database(url.host or "localhost", url.port or 5432, url.database or "", url.username or "", ours=False)
-    return Database(pg.host, pg.port, pg.database, pg.user, ours=True)
+    server = libpq_params(settings, password=False)
+    return Database(
+        server.get("host", "localhost"),
+        int(server.get("port", 5432)),
+        server.get("dbname", ""),
+        server.get("user", ""),
+        ours=settings.postgres.provider != "external",
+    )
 
 
 def max_connections(settings: Settings) -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 
 from tasks.libs.core.credentials import backend_store_uri
+from tasks.libs.core.databases import sqlite_readonly
 from tasks.libs.core.durations import format_duration
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.settings import Settings
@@ -60,13 +61,11 @@ def store_facts(uri: str) -> tuple[dict[str, int], str | None]:
 
 
 def sqlite_revision(path: Path, table: str) -> str | None:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        rows = [r[0] for r in conn.execute(f'SELECT version_num FROM "{table}"')]
+        with sqlite_readonly(path) as conn:
+            rows = [r[0] for r in conn.execute(f'SELECT version_num FROM "{table}"')]
     except sqlite3.Error:
         return None
-    finally:
-        conn.close()
     return ",".join(rows) or None
 
 

@@ -17,34 +17,31 @@ PostgreSQL -> SQLite is not offered.
 from __future__ import annotations
 
 import shutil
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
 
 import sqlalchemy as sa
-from sqlalchemy.pool import NullPool
 
 from tasks.libs.core.credentials import backend_store_uri, store_uri_and_password_env
+from tasks.libs.core.databases import engine_for, sqlite_readonly
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.settings import Settings
-from tasks.libs.lifecycle.internals.engines import engine_for
 from tasks.libs.lifecycle.internals.journal import Journal, StepTable
 from tasks.libs.lifecycle.internals.migrate_verify import compare_api, compare_rows
-from tasks.libs.lifecycle.internals.pgtools import (
-    create_database,
-    database_exists,
-    drop_database,
-    table_counts,
-    with_database,
-)
+from tasks.libs.lifecycle.internals.pgtools import table_counts, with_database
 from tasks.libs.lifecycle.internals.root_rewrite import artifact_roots, rewrite_artifact_root, rewritten_columns
 from tasks.libs.lifecycle.internals.runtime import db_upgrade, installed
 from tasks.libs.lifecycle.internals.scratch import checks_summary, deployment_checks, scratch_dir, store_settings
 from tasks.libs.lifecycle.internals.sqlite_files import online_copy
 from tasks.libs.lifecycle.internals.table_copy import SKIP_TABLES, Plan, copy_tables, make_plan, reset_sequences
-from tasks.libs.postgres.connection import check_reachable, ensure_database
+from tasks.libs.postgres.connection import (
+    check_reachable,
+    create_database,
+    database_exists,
+    drop_database,
+    ensure_database,
+)
 from tasks.libs.reporting.formats import human_bytes
 from tasks.libs.reporting.records import Report
 from tasks.libs.server.control import running_record
@@ -187,44 +184,37 @@ def _refuse_filled(settings: Settings, counts: dict[str, int], head: str) -> Non
 
 
 def _plan(snapshot_file: Path, schema_uri: str) -> Plan:
-    source = sqlite3.connect(f"file:{quote(str(snapshot_file))}?mode=ro", uri=True)
-    try:
-        with engine_for(f"sqlite:///{snapshot_file}") as src, engine_for(schema_uri) as dst:
-            source_meta, target_meta = sa.MetaData(), sa.MetaData()
-            source_meta.reflect(src)
-            target_meta.reflect(dst)
+    with engine_for(f"sqlite:///{snapshot_file}") as src, engine_for(schema_uri) as dst:
+        source_meta, target_meta = sa.MetaData(), sa.MetaData()
+        source_meta.reflect(src)
+        target_meta.reflect(dst)
+    with sqlite_readonly(snapshot_file) as source:
         return make_plan(source, source_meta, target_meta)
-    finally:
-        source.close()
 
 
 def _copy(settings: Settings, uri: str, snap: Path, result: MigrateResult, rewrite, steps: StepTable) -> None:
     assert result.plan is not None
-    source = sqlite3.connect(f"file:{quote(str(snap))}?mode=ro", uri=True)
-    engine = sa.create_engine(uri, poolclass=NullPool)
-    try:
-        with (
-            steps.step(
-                "copy every table in one transaction (COPY, foreign-key order)",
-                if_interrupted="PostgreSQL rolls the open transaction back: the target holds the empty schema it had; the source was only read; run `inv db.migrate` again",
-            ) as row,
-            engine.begin() as conn,
-        ):
-            conn.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
-            conn.execute(sa.text("DELETE FROM experiments"))  # the seed rows (checked above): the source has its own
-            conn.execute(sa.text("DELETE FROM workspaces"))
-            cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-            seconds = copy_tables(result.plan, source, cursor, batch=settings.lifecycle.migrate_batch_rows)
-            slowest = max(seconds, key=lambda t: seconds[t]) if seconds else "-"
-            if rewrite:
-                done = rewrite_artifact_root(conn, *rewrite, dry_run=False)
-                if done != result.rewrite:
-                    raise UserError(f"the artifact-root rewrite changed {done}, the dry run counted {result.rewrite}")
-            result.sequences = reset_sequences(cursor)
-            row.detail = f"{result.plan.total_rows} rows; slowest {slowest} {seconds.get(slowest, 0):.1f} s; {len(result.sequences)} sequences set"
-    finally:
-        engine.dispose()
-        source.close()
+    with (
+        sqlite_readonly(snap) as source,
+        engine_for(uri) as engine,
+        steps.step(
+            "copy every table in one transaction (COPY, foreign-key order)",
+            if_interrupted="PostgreSQL rolls the open transaction back: the target holds the empty schema it had; the source was only read; run `inv db.migrate` again",
+        ) as row,
+        engine.begin() as conn,
+    ):
+        conn.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
+        conn.execute(sa.text("DELETE FROM experiments"))  # the seed rows (checked above): the source has its own
+        conn.execute(sa.text("DELETE FROM workspaces"))
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        seconds = copy_tables(result.plan, source, cursor, batch=settings.lifecycle.migrate_batch_rows)
+        slowest = max(seconds, key=lambda t: seconds[t]) if seconds else "-"
+        if rewrite:
+            done = rewrite_artifact_root(conn, *rewrite, dry_run=False)
+            if done != result.rewrite:
+                raise UserError(f"the artifact-root rewrite changed {done}, the dry run counted {result.rewrite}")
+        result.sequences = reset_sequences(cursor)
+        row.detail = f"{result.plan.total_rows} rows; slowest {slowest} {seconds.get(slowest, 0):.1f} s; {len(result.sequences)} sequences set"
 
 
 def _verify(

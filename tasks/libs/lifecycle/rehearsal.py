@@ -20,18 +20,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks.libs.core.credentials import backend_store_uri, store_uri_and_password_env
+from tasks.libs.core.databases import engine_for
 from tasks.libs.core.settings import Settings
 from tasks.libs.lifecycle.backup import take_backup
-from tasks.libs.lifecycle.internals.engines import engine_for
 from tasks.libs.lifecycle.internals.journal import StepTable
 from tasks.libs.lifecycle.internals.manifest import STORE_FILES, Manifest, checked, latest_backup
-from tasks.libs.lifecycle.internals.pgtools import PgClient, create_database, drop_database, with_database
+from tasks.libs.lifecycle.internals.pgtools import PgClient, with_database
 from tasks.libs.lifecycle.internals.runtime import Runtime, auth_db_upgrade, db_upgrade, installed, start_fresh_store
 from tasks.libs.lifecycle.internals.schema_compare import diff, fingerprint
 from tasks.libs.lifecycle.internals.scratch import checks_summary, deployment_checks, scratch_dir, store_settings
 from tasks.libs.lifecycle.internals.snapshot import AUTH_TABLES, compare, same_columns, snapshot, upgrade_tables
 from tasks.libs.lifecycle.internals.sqlite_files import copy_file_synced
 from tasks.libs.lifecycle.upgrade import check_store, rehearsal_record
+from tasks.libs.postgres.connection import create_database, drop_database
 from tasks.libs.reporting.records import Report
 from tasks.libs.store.revisions import AUTH_VERSION_TABLE, Preflight, stored_revisions
 

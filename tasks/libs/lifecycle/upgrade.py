@@ -22,11 +22,11 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from tasks.libs.core.credentials import backend_store_uri, store_uri_and_password_env
+from tasks.libs.core.databases import engine_for
 from tasks.libs.core.durations import format_duration, parse_duration
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.settings import Settings
 from tasks.libs.lifecycle.backup import auth_db_path, sqlite_revision
-from tasks.libs.lifecycle.internals.engines import engine_for
 from tasks.libs.lifecycle.internals.journal import Journal, StepTable, journal_dir
 from tasks.libs.lifecycle.internals.manifest import Manifest, checked, latest_backup
 from tasks.libs.lifecycle.internals.runtime import Runtime, auth_db_upgrade, db_upgrade, installed

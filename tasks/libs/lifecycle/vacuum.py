@@ -15,11 +15,12 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from tasks.libs.core.databases import sqlite_connection, sqlite_readonly
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.settings import Settings
 from tasks.libs.lifecycle.internals.journal import StepTable
-from tasks.libs.lifecycle.internals.pgtools import connect_to
 from tasks.libs.lifecycle.internals.sqlite_files import checkpoint, file_sizes, integrity_check
+from tasks.libs.postgres.connection import pg_connection
 from tasks.libs.reporting.formats import human_bytes
 from tasks.libs.server.control import running_record
 
@@ -73,13 +74,11 @@ def _sqlite(settings: Settings, result: VacuumResult) -> None:
     with steps.step("wal_checkpoint(TRUNCATE)") as row:
         row.detail = f"busy, log, checkpointed = {checkpoint(path)}"
     with steps.step("VACUUM"):
-        conn = sqlite3.connect(path, timeout=20, isolation_level=None)
         try:
-            conn.execute("VACUUM")
+            with sqlite_connection(path, autocommit=True) as conn:
+                conn.execute("VACUUM")
         except sqlite3.OperationalError as exc:
             raise UserError(f"VACUUM failed ({exc}): another process holds the file") from None
-        finally:
-            conn.close()
     with steps.step("wal_checkpoint(TRUNCATE)") as row:
         row.detail = f"busy, log, checkpointed = {checkpoint(path)}"
     with steps.step("integrity_check") as row:
@@ -91,32 +90,25 @@ def _sqlite(settings: Settings, result: VacuumResult) -> None:
 
 
 def _free_bytes(path) -> int:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
+    with sqlite_readonly(path) as conn:
         return int(conn.execute("PRAGMA freelist_count").fetchone()[0]) * int(
             conn.execute("PRAGMA page_size").fetchone()[0]
         )
-    finally:
-        conn.close()
 
 
 def _postgres(settings: Settings, result: VacuumResult, *, full: bool) -> None:
-    conn = connect_to(settings, None)
-    conn.autocommit = True  # VACUUM cannot run inside a transaction block
-    try:
-        with conn.cursor() as cur:
-            before = _sizes(cur)
-            cur.execute("SELECT pg_database_size(current_database())")
-            database_before = cur.fetchone()[0]
-            statement = "VACUUM (FULL, ANALYZE)" if full else "VACUUM (ANALYZE)"
-            with result.steps.step(statement) as row:
-                cur.execute(statement)
-                row.detail = f"{len(before)} tables"
-            after = _sizes(cur)
-            cur.execute("SELECT pg_database_size(current_database())")
-            database_after = cur.fetchone()[0]
-    finally:
-        conn.close()
+    # VACUUM cannot run inside a transaction block
+    with pg_connection(settings, timeout=10, autocommit=True) as conn, conn.cursor() as cur:
+        before = _sizes(cur)
+        cur.execute("SELECT pg_database_size(current_database())")
+        database_before = cur.fetchone()[0]
+        statement = "VACUUM (FULL, ANALYZE)" if full else "VACUUM (ANALYZE)"
+        with result.steps.step(statement) as row:
+            cur.execute(statement)
+            row.detail = f"{len(before)} tables"
+        after = _sizes(cur)
+        cur.execute("SELECT pg_database_size(current_database())")
+        database_after = cur.fetchone()[0]
     result.before = {"tables": sum(v[0] for v in before.values()), "database": database_before}
     result.after = {"tables": sum(v[0] for v in after.values()), "database": database_after}
     biggest = sorted(before, key=lambda t: -before[t][0])[:10]

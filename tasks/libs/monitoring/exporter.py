@@ -10,15 +10,13 @@ from __future__ import annotations
 import os
 import urllib.request
 from dataclasses import dataclass
-from urllib.parse import quote
 
-from sqlalchemy.engine import make_url
-
-from tasks.libs.core.credentials import known_secrets, postgres_uri
+from tasks.libs.core.credentials import known_secrets
 from tasks.libs.core.managed import Launch, Listener, ManagedProcess
 from tasks.libs.core.processes import ProcessRecord
 from tasks.libs.core.programs import require_program
 from tasks.libs.core.settings import Settings
+from tasks.libs.postgres.connection import libpq_params, libpq_url
 
 
 @dataclass
@@ -48,11 +46,9 @@ class PostgresExporter:
         if current:
             return f"postgres_exporter already running on {self.target} (pid {current.pid}); reused"
         binary = require_program("prometheus-postgres-exporter", "prometheus-postgres-exporter")
-        url = make_url(postgres_uri(self.settings, reveal=True))
-        dsn = (
-            f"postgresql://{quote(url.username or '', safe='')}:{quote(url.password or '', safe='')}"
-            f"@{url.host}:{url.port or 5432}/postgres?sslmode=disable"
-        )
+        # lib/pq requires TLS unless told otherwise (libpq only prefers it); its URL form, as the
+        # exporter's own DSN parsing splits a key=value DSN on every space
+        dsn = libpq_url({"sslmode": "disable", **libpq_params(self.settings, dbname="postgres")})
         env = {"PATH": os.environ.get("PATH", ""), "DATA_SOURCE_NAME": dsn}
         launch = Launch(
             command=[binary, f"--web.listen-address={self.target}", "--log.level=warn"],

@@ -116,20 +116,18 @@ def hba_rules(pg: PgLocal) -> tuple[list[dict], str]:
     """
     import psycopg2
 
-    from tasks.libs.postgres.connection import connect
+    from tasks.libs.postgres.connection import ConnectError, pg_connection
 
     why = ""
     try:
-        conn = connect(pg.settings, timeout=5)
-        try:
-            with conn.cursor() as cur:
-                cur.execute(HBA_SQL)
-                columns = [d[0] for d in cur.description]
-                return [dict(zip(columns, row)) for row in cur.fetchall()], "pg_hba_file_rules"
-        finally:
-            conn.close()
+        with pg_connection(pg.settings, timeout=5) as conn, conn.cursor() as cur:
+            cur.execute(HBA_SQL)
+            columns = [d[0] for d in cur.description]
+            return [dict(zip(columns, row)) for row in cur.fetchall()], "pg_hba_file_rules"
     except psycopg2.errors.InsufficientPrivilege:
         why = "the role may not read pg_hba_file_rules"
+    except ConnectError as exc:
+        why = f"cannot connect ({exc.reason[:80]})"
     except (psycopg2.Error, ConfigError) as exc:
         why = f"cannot connect ({str(exc).strip().splitlines()[0][:80] if str(exc).strip() else type(exc).__name__})"
     hba = pg.data_dir / "pg_hba.conf" if pg.data_dir else None

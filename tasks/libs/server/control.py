@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tasks.libs.core.credentials import backend_store_uri, known_secrets
+from tasks.libs.core.databases import sqlite_connection
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.managed import Launch, Listener, ManagedProcess, refuse_busy, uptime
 from tasks.libs.core.processes import ProcessRecord
@@ -278,12 +279,9 @@ def prepare_sqlite(path: Path, *, wal: bool) -> None:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         if not wal:
             return
-        conn = sqlite3.connect(path)
-        try:
+        with sqlite_connection(path) as conn:
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 conn.execute("PRAGMA journal_mode=WAL")
-        finally:
-            conn.close()
     except (OSError, sqlite3.Error) as exc:
         raise UserError(f"cannot use SQLite file {path} ({exc}); fix sqlite.path or move the file away") from None
 

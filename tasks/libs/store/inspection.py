@@ -14,13 +14,13 @@ from typing import Any
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from tasks.libs.artifacts.s3 import BucketView
+from tasks.libs.core.databases import sqlite_journal_mode
 from tasks.libs.store.reader import (
     ForeignKey,
     StoreReader,
     file_size,
     first_line,
     open_store,
-    sqlite_journal_mode,
 )
 from tasks.libs.store.revisions import is_known, tracking_scripts
 from tasks.libs.store.usage import artifact_sizes, bucket_sizes

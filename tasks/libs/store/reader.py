@@ -1,6 +1,6 @@
 """Read-only access to an MLflow store (SQLite file or PostgreSQL) through one SQLAlchemy connection.
 
-Nothing here writes: SQLite is opened with mode=ro (or immutable=1, see _sqlite_open_uri) and
+Nothing here writes: SQLite is opened with mode=ro (or immutable=1, see _unopened_wal) and
 PostgreSQL runs every query in one READ ONLY, REPEATABLE READ transaction that is rolled back.
 Tables, columns and keys come from `sqlalchemy.inspect()`, the same on both dialects.
 """
@@ -10,18 +10,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import URL, Connection, Inspector, make_url
 from sqlalchemy.exc import ArgumentError, CompileError, DBAPIError
-from sqlalchemy.pool import NullPool
 
+from tasks.libs.core.databases import connect_sqlite_readonly, engine_for, sqlite_journal_mode
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.redact import mask_uri
 from tasks.libs.postgres.connection import explain_error
@@ -180,26 +178,17 @@ def open_store(uri: str) -> Iterator[StoreReader]:
             f"{mask_uri(uri)!r} is not a database URI (expected sqlite:////abs/file.db or postgresql+psycopg2://...)"
         ) from None
     backend = url.get_backend_name()
-    if backend == "sqlite":
-        reader = _open_sqlite(uri, url.database)
-    elif backend in ("postgresql", "postgres"):
-        reader = _open_postgres(url)
-    else:
+    if backend not in ("sqlite", "postgresql", "postgres"):
         raise UnsupportedStore(
             f"{mask_uri(uri)}: unsupported backend {backend!r}; inspect reads SQLite and PostgreSQL stores"
         )
-    engine = reader.connection.engine
-    try:
+    with contextlib.ExitStack() as stack:  # closes the connection, then disposes of its engine
+        reader = _open_sqlite(stack, uri, url.database) if backend == "sqlite" else _open_postgres(stack, url)
         _check_is_mlflow_store(reader)
         yield reader
-    finally:
-        with contextlib.suppress(Exception):
-            reader.connection.rollback()  # nothing to keep: the transaction only ever read
-        reader.connection.close()
-        engine.dispose()
 
 
-def _open_sqlite(uri: str, database: str | None) -> StoreReader:
+def _open_sqlite(stack: contextlib.ExitStack, uri: str, database: str | None) -> StoreReader:
     if not database or database == ":memory:":
         raise UnsupportedStore(f"{mask_uri(uri)!r} names no database file; give sqlite:////absolute/path/mlflow.db")
     path = Path(database).expanduser().resolve()
@@ -207,52 +196,30 @@ def _open_sqlite(uri: str, database: str | None) -> StoreReader:
         raise UserError(
             f"no SQLite store at {path}: the file does not exist (start the server once, or fix --uri / sqlite.path)"
         )
-    open_uri = _sqlite_open_uri(path)
-    # busy_timeout as MLflow's own: a live server may hold a write lock for a moment.
-    engine = create_engine(
-        "sqlite://", creator=lambda: sqlite3.connect(open_uri, uri=True, timeout=20), poolclass=NullPool
+    immutable = _unopened_wal(path)
+    engine = stack.enter_context(
+        engine_for("sqlite://", creator=lambda: connect_sqlite_readonly(path, immutable=immutable))
     )
-    connection = None
     try:
-        connection = engine.connect()
+        connection = stack.enter_context(engine.connect())
         connection.execute(text("SELECT count(*) FROM sqlite_master")).scalar()  # opening reads nothing
     except DBAPIError as exc:
-        if connection is not None:
-            connection.close()
-        engine.dispose()
         raise UserError(f"{path}: {first_line(exc)} (not an SQLite database, or a damaged one)") from None
     return StoreReader(connection, f"sqlite:///{path}", str(path), sqlite_path=path)
 
 
-def _sqlite_open_uri(path: Path) -> str:
-    """mode=ro, or immutable=1 for a WAL-mode file that no process has open.
+def _unopened_wal(path: Path) -> bool:
+    """A WAL-mode file that no process has open: we read it immutable=1, not just mode=ro.
 
     A mode=ro reader of a WAL-mode file creates the -wal and -shm files and leaves them
     behind; when they are absent nobody has the file open (the last connection removes
     them), so we read it as immutable and create nothing.
     """
-    base = "file:" + quote(str(path))
     side_files = [Path(f"{path}-wal"), Path(f"{path}-shm")]
-    if sqlite_journal_mode(path) == "wal" and not any(f.exists() for f in side_files):
-        return base + "?mode=ro&immutable=1"
-    return base + "?mode=ro"
+    return sqlite_journal_mode(path) == "wal" and not any(f.exists() for f in side_files)
 
 
-def sqlite_journal_mode(path: Path) -> str:
-    """'wal' or 'rollback', from the file header; 'no file' if it is missing.
-
-    Read from the header, not with PRAGMA journal_mode: that would say 'delete' on an immutable
-    connection, and a mode=ro connection to a WAL file leaves -wal and -shm files behind.
-    """
-    try:
-        with Path(path).open("rb") as fh:
-            header = fh.read(20)
-    except FileNotFoundError:
-        return "no file"
-    return "wal" if len(header) == 20 and header[:16] == b"SQLite format 3\x00" and header[18] == 2 else "rollback"
-
-
-def _open_postgres(url: URL) -> StoreReader:
+def _open_postgres(stack: contextlib.ExitStack, url: URL) -> StoreReader:
     where = f"{url.host or 'localhost'}:{url.port or 5432}"
     query = {k: v for k, v in url.query.items() if isinstance(v, str)}
     args = {
@@ -260,18 +227,23 @@ def _open_postgres(url: URL) -> StoreReader:
         "application_name": APPLICATION_NAME,
         "options": " ".join(filter(None, [query.get("options"), PG_LIMITS])),  # keep a search_path the URI sets
     }
-    engine = create_engine(url.set(drivername="postgresql+psycopg2"), poolclass=NullPool, connect_args=args)
+    engine = stack.enter_context(engine_for(url.set(drivername="postgresql+psycopg2"), connect_args=args))
     try:
-        connection = engine.connect()
+        connection = stack.enter_context(engine.connect())
     except DBAPIError as exc:
-        engine.dispose()
         raise UserError(_connect_problem(exc, where, url)) from None
+    stack.callback(_rollback_quietly, connection)  # before the close: nothing to keep, the transaction only read
     # One consistent snapshot for every section; psycopg2 opens the transaction READ ONLY.
     connection = connection.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
     connection.begin()
     return StoreReader(
         connection, mask_uri(url.render_as_string(hide_password=False)), f"PostgreSQL {where}/{url.database or ''}"
     )
+
+
+def _rollback_quietly(connection: Connection) -> None:
+    with contextlib.suppress(Exception):
+        connection.rollback()
 
 
 def _connect_problem(exc: DBAPIError, where: str, url: URL) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from tasks.libs.lifecycle.internals.engines import engine_for
+from tasks.libs.core.databases import engine_for
 from tasks.libs.lifecycle.internals.snapshot import compare, json_null_counts, snapshot
 from tasks.libs.store.inspection import workspace_names
 from tasks.libs.store.reader import open_store

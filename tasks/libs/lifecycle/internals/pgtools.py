@@ -1,8 +1,8 @@
-"""PostgreSQL client tools (pg_dump, pg_restore) over TCP, and scratch databases.
+"""PostgreSQL client tools (pg_dump, pg_restore) over TCP, and what the lifecycle reads of a database.
 
 Every provider (local, docker, external) is reached the same way: the binaries that
 `find_binaries` finds on this machine, host/port/user/database as arguments, the password
-in PGPASSWORD (store_uri_and_password_env), never in argv. pg_dump must be at least as new
+in PGPASSWORD (postgres.connection.libpq_params), never in argv. pg_dump must be at least as new
 as the server it dumps (it refuses otherwise), so that is checked first, in one line.
 """
 
@@ -19,12 +19,12 @@ from psycopg2 import sql
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
-from tasks.libs.core.credentials import known_secrets, postgres_password, store_uri_and_password_env
+from tasks.libs.core.credentials import known_secrets, postgres_password
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.redact import redact
 from tasks.libs.core.settings import Settings
 from tasks.libs.postgres.binaries import find_binaries
-from tasks.libs.postgres.connection import connect, explain_error, where
+from tasks.libs.postgres.connection import libpq_params, pg_connection
 
 CLIENT_TOOLS = ("pg_dump", "pg_restore", "psql")
 
@@ -66,22 +66,22 @@ class PgClient:
                 "pg_dump, pg_restore and psql not found: `inv deps` (or apt-get install postgresql-client), "
                 "or set postgres.local.bin_dir to their folder"
             )
-        uri, password_env = store_uri_and_password_env(settings)
-        url = make_url(uri)
+        params = libpq_params(settings)
+        password = params.pop("password", None)
         env = {
             "PATH": os.environ.get("PATH", ""),
             "LC_ALL": "C.UTF-8",
             "PGCONNECT_TIMEOUT": "10",
             # a session of someone else's holding a lock must not stall a restore forever
             "PGOPTIONS": "-c lock_timeout=60s",
-            **password_env,
+            **({"PGPASSWORD": password} if password else {}),
         }
         return cls(
             bins,
-            url.host or "127.0.0.1",
-            url.port or 5432,
-            url.username or "",
-            url.database or "",
+            params.get("host", "127.0.0.1"),
+            int(params.get("port", 5432)),
+            params.get("user", ""),
+            params.get("dbname", ""),
             env,
             known_secrets(settings),
         )
@@ -240,66 +240,10 @@ class PgClient:
 
 
 def server_version_num(settings: Settings) -> int:
-    conn = connect_to(settings, "postgres" if settings.postgres.provider != "external" else None)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SHOW server_version_num")
-            return int(cur.fetchone()[0])
-    finally:
-        conn.close()
-
-
-def connect_to(settings: Settings, dbname: str | None):
-    import psycopg2
-
-    try:
-        return connect(settings, dbname=dbname, timeout=10)
-    except psycopg2.Error as exc:
-        raise UserError(
-            f"cannot reach PostgreSQL ({explain_error(exc, where(settings), known_secrets(settings))}); `inv db.start` first"
-        ) from None
-
-
-def database_exists(settings: Settings, name: str) -> bool:
-    conn = connect_to(settings, "postgres")
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
-            return cur.fetchone() is not None
-    finally:
-        conn.close()
-
-
-def create_database(settings: Settings, name: str, *, template: str | None = None, replace: bool = False) -> None:
-    """CREATE DATABASE (outside a transaction); replace drops an existing one first, ending its sessions."""
-    import psycopg2
-
-    conn = connect_to(settings, "postgres")
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            if replace:
-                cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-            statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-            if template:
-                statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
-            cur.execute(statement)
-    except psycopg2.Error as exc:
-        reason = str(exc).strip().splitlines()[0]
-        hint = "; grant the user CREATEDB or set lifecycle.rehearsal_database" if "permission" in reason else ""
-        raise UserError(f"cannot create database {name} ({reason}){hint}") from None
-    finally:
-        conn.close()
-
-
-def drop_database(settings: Settings, name: str) -> None:
-    conn = connect_to(settings, "postgres")
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    finally:
-        conn.close()
+    dbname = "postgres" if settings.postgres.provider != "external" else None
+    with pg_connection(settings, dbname=dbname, timeout=10) as conn, conn.cursor() as cur:
+        cur.execute("SHOW server_version_num")
+        return int(cur.fetchone()[0])
 
 
 def _quoted(name: str) -> str:
@@ -308,29 +252,21 @@ def _quoted(name: str) -> str:
 
 def schema_functions(settings: Settings) -> list[str]:
     """Functions in the database's current schema (MLflow's triggers use one), extensions' left out."""
-    conn = connect_to(settings, None)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT p.proname FROM pg_proc p WHERE p.pronamespace = current_schema()::regnamespace "
-                "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e') ORDER BY 1"
-            )
-            return [r[0] for r in cur.fetchall()]
-    finally:
-        conn.close()
+    with pg_connection(settings, timeout=10) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT p.proname FROM pg_proc p WHERE p.pronamespace = current_schema()::regnamespace "
+            "AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = p.oid AND d.deptype = 'e') ORDER BY 1"
+        )
+        return [r[0] for r in cur.fetchall()]
 
 
 def table_counts(settings: Settings) -> dict[str, int]:
     """Rows per table of the configured database (current schema); empty when it has no tables."""
-    conn = connect_to(settings, None)
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename")
-            tables = [r[0] for r in cur.fetchall()]
-            counts = {}
-            for table in tables:
-                cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
-                counts[table] = cur.fetchone()[0]
-            return counts
-    finally:
-        conn.close()
+    with pg_connection(settings, timeout=10) as conn, conn.cursor() as cur:
+        cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename")
+        tables = [r[0] for r in cur.fetchall()]
+        counts = {}
+        for table in tables:
+            cur.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table)))
+            counts[table] = cur.fetchone()[0]
+        return counts

@@ -18,7 +18,8 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.pool import NullPool
+
+from tasks.libs.core.databases import engine_for
 
 IGNORED_TABLES = {"alembic_version", "alembic_version_auth"}
 
@@ -119,15 +120,12 @@ def build_reference(revision: str, url: str) -> None:
     from mlflow.store.db.utils import _get_alembic_config
     from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase
 
-    engine = sa.create_engine(url, poolclass=NullPool)
-    try:
+    with engine_for(url) as engine:
         InitialBase.metadata.create_all(engine)
         config = _get_alembic_config(url)
         with engine.begin() as conn:
             config.attributes["connection"] = conn
             command.upgrade(config, revision)
-    finally:
-        engine.dispose()
 
 
 def reference_names(revision: str, scratch_dir: Path) -> dict[str, dict[str, Any]]:
@@ -146,11 +144,8 @@ def reference_names(revision: str, scratch_dir: Path) -> dict[str, dict[str, Any
     with tempfile.TemporaryDirectory(dir=scratch_dir) as tmp:
         url = f"sqlite:///{Path(tmp) / 'reference.db'}"
         build_reference(revision, url)
-        reference = sa.create_engine(url, poolclass=NullPool)
-        try:
+        with engine_for(url) as reference:
             names = fingerprint(reference, names_only=True)
-        finally:
-            reference.dispose()
     tmp_cache = cache.with_suffix(".tmp")
     tmp_cache.write_text(json.dumps(names))
     os.replace(tmp_cache, cache)

@@ -9,14 +9,15 @@ rollback mode they wait, and MLflow's busy_timeout is 20 s).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import os
 import shutil
 import sqlite3
 from pathlib import Path
-from urllib.parse import quote
 
+from tasks.libs.core.databases import connect_sqlite_readonly, sqlite_connection, sqlite_readonly
 from tasks.libs.core.errors import UserError
 
 SIDE_SUFFIXES = ("-wal", "-shm", "-journal")
@@ -55,22 +56,19 @@ def online_copy(source: Path, dest: Path) -> None:
     """
     dest.unlink(missing_ok=True)
     try:
-        src = sqlite3.connect(f"file:{quote(str(source))}?mode=ro", uri=True, timeout=30)
+        source_conn = connect_sqlite_readonly(source, timeout=30)
     except sqlite3.Error as exc:
         raise UserError(f"cannot open {source} read-only ({exc})") from None
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.close(fd)
-    out = sqlite3.connect(dest)
-    try:
-        src.backup(out, pages=-1)
-        out.execute("PRAGMA journal_mode=DELETE")
-    except sqlite3.Error as exc:
-        out.close()
-        dest.unlink(missing_ok=True)
-        raise UserError(f"the SQLite backup API could not copy {source} ({exc})") from None
-    finally:
-        src.close()
-    out.close()
+    with contextlib.closing(source_conn) as src:
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        try:
+            with sqlite_connection(dest) as out:
+                src.backup(out, pages=-1)
+                out.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.Error as exc:
+            dest.unlink(missing_ok=True)
+            raise UserError(f"the SQLite backup API could not copy {source} ({exc})") from None
     problems = integrity_check(dest)
     if problems:
         dest.unlink(missing_ok=True)
@@ -80,11 +78,8 @@ def online_copy(source: Path, dest: Path) -> None:
 
 def integrity_check(path: Path) -> list[str]:
     """PRAGMA integrity_check's complaints (empty: ok)."""
-    conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)
-    try:
+    with sqlite_readonly(path) as conn:
         rows = [r[0] for r in conn.execute("PRAGMA integrity_check(20)")]
-    finally:
-        conn.close()
     return [] if rows == ["ok"] else rows
 
 
@@ -127,11 +122,8 @@ def copy_file_synced(source: Path, dest: Path) -> None:
 
 def checkpoint(path: Path) -> tuple[int, int, int]:
     """PRAGMA wal_checkpoint(TRUNCATE): (busy, log frames, checkpointed frames); (0, 0, 0) when done."""
-    conn = sqlite3.connect(path, timeout=20)
-    try:
+    with sqlite_connection(path) as conn:
         row = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-    finally:
-        conn.close()
     return int(row[0]), int(row[1]), int(row[2])
 
 

@@ -76,6 +76,14 @@ def test_local_artifacts_only_proxied(tmp_path):
         make_settings(tmp_path, **{"artifacts.mode": "direct"})
 
 
+def test_workspaces_flag_follows_the_setting(tmp_path):
+    assert "--enable-workspaces" not in server_command(make_settings(tmp_path))
+    assert "--enable-workspaces" not in server_command(
+        make_settings(tmp_path, **{"server.workspaces": True}), stock=True
+    )
+    assert server_command(make_settings(tmp_path, **{"server.workspaces": True}))[-1] == "--enable-workspaces"
+
+
 def test_tls_puts_the_certificate_paths_in_uvicorn_opts_for_every_server_it_starts(tmp_path):
     tls_on = {"server.tls.enabled": True, "artifacts.store": "s3", "artifacts.mode": "split"}
     settings = make_settings(tmp_path, **tls_on, **{"artifacts.artifacts_server.port": 4000})

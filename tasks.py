@@ -10,10 +10,10 @@ __path__ = [str(Path(__file__).resolve().parent / "tasks")]
 
 from invoke import Collection
 
-from tasks import bench, cluster, config, db, deploy, deps, full_check, inspect, server, test
+from tasks import bench, cluster, config, db, deploy, deps, engine, full_check, inspect, server, test
 
 ns = Collection()
-for module in (bench, cluster, config, db, deploy, inspect, server, test):
+for module in (bench, cluster, config, db, deploy, engine, inspect, server, test):
     ns.add_collection(Collection.from_module(module))
 ns.add_task(deps.deps)
 ns.add_task(full_check.full_check)

@@ -329,7 +329,14 @@ def gc(c, backend=None, older_than=None, dry_run=False, apply=False, profile=Non
         result = collect(settings, other, older_than=older, dry_run=dry_run, apply=apply, say=print)
     verb = "would remove" if dry_run else "removed"
     shown = result.items if dry_run else result.removed
-    if shown:
+    if shown and result.workspaces:
+        print(
+            table(
+                [[i.workspace, i.kind, i.id, i.name, i.files, i.bytes] for i in shown],
+                ["workspace", "kind", "id", "name", "files", "bytes"],
+            )
+        )
+    elif shown:
         print(
             table([[i.kind, i.id, i.name, i.files, i.bytes] for i in shown], ["kind", "id", "name", "files", "bytes"])
         )

@@ -79,7 +79,7 @@ def summary(
     profile=None,
     config=None,
 ):
-    """Every section: tables, schema revision, integrity, runs, metrics, registry, sizes."""
+    """Every section: tables, schema revision, integrity, workspaces, runs, metrics, registry, sizes."""
     _show(
         SECTIONS,
         uri=uri,
@@ -112,6 +112,12 @@ def schema(c, uri=None, backend=None, format=None, limit=None, profile=None, con
 def integrity(c, uri=None, backend=None, format=None, limit=None, profile=None, config=None):
     """Orphan rows, unvalidated keys and invalid indexes (PostgreSQL), integrity_check (SQLite)."""
     _show(["integrity"], uri=uri, backend=backend, format=format, limit=limit, profile=profile, config=config)
+
+
+@task(help=COMMON)
+def workspaces(c, uri=None, backend=None, format=None, limit=None, profile=None, config=None):
+    """Per workspace: experiments, runs, traces, registered models, versions and prompts."""
+    _show(["workspaces"], uri=uri, backend=backend, format=format, limit=limit, profile=profile, config=config)
 
 
 @task(help={**COMMON, "stale_hours": STALE_HELP})

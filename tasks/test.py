@@ -7,6 +7,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from invoke import task
 from invoke.exceptions import Exit
@@ -16,22 +17,24 @@ from tasks.libs.checks.runner import DEFAULT_BROWSER, run_checks
 from tasks.libs.checks.storage import storage_arguments
 from tasks.libs.cluster.plan import lb_url
 from tasks.libs.core.credentials import backend_store_uri
-from tasks.libs.core.errors import ConfigError
+from tasks.libs.core.errors import ConfigError, UserError
 from tasks.libs.core.settings import Settings
 from tasks.libs.core.tls import CERT_PATH_ENV, client_ca
 from tasks.libs.reporting.writers import format_table, report_dir_for, write_reports
 from tasks.libs.security.suite import run_security
 from tasks.libs.security.target import target_from_settings
 from tasks.libs.server.auth import client_env
+from tasks.libs.server.control import running_record
 
 DEPLOYMENT_HELP = {
     "url": "server to check (default: the configured server, settings server.url; the cluster's load balancer URL works too)",
     "report_dir": "where report.md/json, junit.xml and the screenshot go (default <state_dir>/reports/checks-<time>)",
-    "cleanup": "delete the check's experiment and registered model afterwards",
+    "cleanup": "delete what the checks made afterwards (traces, prompt, registered model, experiment; their workspace)",
     "browser": f"Chromium executable for the web UI check (default {DEFAULT_BROWSER}); 'none' skips it",
     "profile": PROFILE_HELP,
     "config": CONFIG_HELP,
     "backend": "sqlite or postgres: which configured store the storage check opens",
+    "otlp_url": "where OpenTelemetry exporters reach the server, when not at --url (e.g. the name collectors use)",
     "ca": "CA file an https server's certificate is verified with (default: the tool's own CA for its own "
     "server or load balancer, else MLFLOW_TRACKING_SERVER_CERT_PATH, else the system's trust store)",
 }
@@ -50,9 +53,18 @@ PYTEST_HELP = {"args": 'extra arguments for pytest, e.g. "-k registry -x"'}
 
 @task(help=DEPLOYMENT_HELP)
 def deployment(
-    c, url=None, report_dir=None, cleanup=False, browser=None, profile=None, config=None, backend=None, ca=None
+    c,
+    url=None,
+    report_dir=None,
+    cleanup=False,
+    browser=None,
+    profile=None,
+    config=None,
+    backend=None,
+    ca=None,
+    otlp_url=None,
 ):
-    """Run the nine deployment checks against a server; exit non-zero if any check fails."""
+    """Run the eleven deployment checks against a server; exit non-zero if any check fails."""
     settings = settings_from(profile, config, backend=backend).settings
     ca_file = _ca_flag(ca)
     configured_url = settings.server.url
@@ -61,7 +73,10 @@ def deployment(
     storage: dict = {"artifacts_dir": None}
     if target == lb_url(settings) and settings.backend != "postgres":  # a cluster runs on PostgreSQL only
         settings = settings_from(profile, config, backend="postgres").settings
-    if target in (configured_url.rstrip("/"), lb_url(settings)):
+    # The configured URL is ours only while server.start runs it: a Compose project (deploy.up) or
+    # another host may publish the same address, and its store is inside it, not ours to open.
+    ours = target != configured_url.rstrip("/") or running_record(settings) is not None
+    if target in (configured_url.rstrip("/"), lb_url(settings)) and ours:
         os.environ.update(client_env(settings))  # sign in when the server runs with basic auth
         ca_file = ca_file or client_ca(settings)
         storage = storage_arguments(settings)
@@ -69,11 +84,17 @@ def deployment(
             store_uri = backend_store_uri(settings, reveal=True)
         except ConfigError as exc:
             store_skip = str(exc)
+    elif not ours:
+        os.environ.update(client_env(settings))
+        store_skip = f"no server of ours runs at {target} (server.start did not start it); its store is unknown"
     else:
         store_skip = f"{target} is not the configured server ({configured_url}); its store is unknown"
     out_dir = _report_dir(report_dir, settings, "checks")
     if browser is None:
         browser = DEFAULT_BROWSER
+    with user_errors():
+        if otlp_url and urlsplit(otlp_url).scheme not in ("http", "https"):
+            raise UserError(f"--otlp-url {otlp_url!r} is not an http(s) URL; give e.g. http://mlflow.internal:5000")
     print(f"checking {target}; report in {out_dir}")
     if target.startswith("https:"):
         print(f"verifying its certificate with {ca_file or os.environ.get(CERT_PATH_ENV) or 'the system trust store'}")
@@ -86,10 +107,13 @@ def deployment(
         browser=None if browser.lower() == "none" else browser,
         ca_file=ca_file,
         cleanup=cleanup,
+        otlp_url=otlp_url,
         on_result=lambda r: print(f"  {r.number}. {r.name}: {r.status} ({r.duration:.1f} s)", flush=True),
     )
     paths = write_reports(report, out_dir)
     print(format_table(report))
+    if report.workspace:
+        print(f"workspace: {report.workspace} (the checks' own; MLFLOW_WORKSPACE={report.workspace} to look inside)")
     print("report: " + ", ".join(str(p) for p in paths.values()))
     if report.failed:
         raise Exit(f"{len(report.failed)} check(s) failed: {', '.join(c.name for c in report.failed)}", code=1)

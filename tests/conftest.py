@@ -26,7 +26,11 @@ from tests.support.settings import (
     make_state_dir,
 )
 
-FOLDER_MARKS = {"integration": ("integration",), "faults": ("integration", "faults")}
+FOLDER_MARKS = {
+    "integration": ("integration",),
+    "faults": ("integration", "faults"),
+    "engine": ("integration", "engine"),
+}
 
 
 def pytest_collection_modifyitems(items):

@@ -35,10 +35,10 @@ def test_cli_security_on_a_weakened_deployment_exits_1_naming_the_probe(sqlite_s
     assert proc.stderr.strip() == "1 probe(s) failed: file modes"
     assert f"{store} is readable by others (0o644)" in proc.stdout and "Traceback" not in proc.stderr
     suite = ET.parse(out / "junit.xml").getroot().find("testsuite")
-    assert suite is not None and suite.get("failures") == "1" and suite.get("tests") == "17"
+    assert suite is not None and suite.get("failures") == "1" and suite.get("tests") == "18"
     data = json.loads((out / "report.json").read_text())
     assert data["facts"]["Started by this tool"].startswith("yes (pid ")
-    assert "**FAILED: 10 passed, 1 failed, 6 skipped" in (out / "report.md").read_text()
+    assert "**FAILED: 10 passed, 1 failed, 7 skipped" in (out / "report.md").read_text()
 
 
 def test_cli_security_against_no_server_exits_1_in_one_line(state_dir):

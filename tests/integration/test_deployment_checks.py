@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from tasks.libs.checks.runner import run_checks
+from tasks.libs.checks.runner import all_checks, run_checks
 from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.reporting.records import (
     FAIL,
@@ -122,6 +122,110 @@ def test_database_lost_mid_run_fails_the_checks_after_it(healthy_server, tmp_pat
 
 
 @pytest.mark.integration
+def test_workspace_server_passes_every_check_in_a_workspace_of_its_own_and_cleans_it_up(state_dir, tmp_path):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    settings = make_settings(state_dir, **{"server.workspaces": True, "server.workers": 1})
+    start_server(settings)
+    try:
+        report = run_checks(
+            settings.server.url,
+            report_dir=tmp_path,
+            store_uri=backend_store_uri(settings, reveal=True),
+            artifacts_dir=settings.artifacts_dir,
+            browser=CHROMIUM,
+            cleanup=True,
+        )
+        client = MlflowClient(settings.server.url)
+        with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST|not found"):
+            client.get_workspace(str(report.workspace))
+        experiments = [e.name for e in client.search_experiments()]  # from 'default'
+    finally:
+        stop_server(settings)
+    statuses = {c.name: (c.status, c.reason) for c in report.checks}
+    assert statuses.pop("web UI")[0] == (PASS if os.path.isfile(CHROMIUM) else SKIPPED)
+    assert all(status == PASS for status, _ in statuses.values()), statuses
+    assert report.workspace and report.workspace.startswith("mlflow-ops-check-")
+    assert (
+        f"workspace {report.workspace} created; neither listed nor found from workspace 'default'"
+        in (statuses["experiment"][1])
+    )
+    assert f"deleted workspace {report.workspace}" in statuses["cleanup"][1]
+    assert report.experiment_name not in experiments
+    assert not (settings.artifacts_dir / "workspaces" / report.workspace).exists()  # CASCADE would leave it
+
+
+# The checks that need no model: enough to see tracing fail alone, in a fraction of the time.
+WITHOUT_MODEL = ("experiment", "params", "metrics", "tracing", "prompts", "web UI", "storage")
+TRACE_TABLES = (
+    "span_metrics",
+    "spans",
+    "trace_metrics",
+    "trace_request_metadata",
+    "trace_tags",
+    "assessments",
+    "trace_info",
+)
+
+
+@pytest.mark.integration
+def test_otlp_refused_by_the_host_check_fails_tracing_alone(state_dir, tmp_path):
+    # MLflow compares the Host header with --allowed-hosts as whole strings: a bare "localhost"
+    # does not admit "localhost:<port>", which is what an OTLP exporter sends to a port.
+    settings = make_settings(state_dir, **{"server.workers": 1})
+    port = settings.server.port
+    settings.server.allowed_hosts = [f"127.0.0.1:{port}", "localhost"]
+    start_server(settings)
+    try:
+        report = run_checks(
+            settings.server.url,
+            report_dir=tmp_path,
+            browser=None,
+            otlp_url=f"http://localhost:{port}",
+            checks=[c for c in all_checks() if c.name in WITHOUT_MODEL],
+        )
+    finally:
+        stop_server(settings)
+    checks = by_name(report)
+    for name in ("experiment", "params", "metrics", "prompts"):
+        assert checks[name].status == PASS, (name, checks[name].reason)
+    tracing = checks["tracing"]
+    assert tracing.status == FAIL
+    assert f"POST http://localhost:{port}/v1/traces answered HTTP 403" in tracing.reason, tracing.reason
+    assert "Invalid Host header" in tracing.reason and f"'localhost:{port}'" in tracing.reason
+    assert "server.allowed_hosts" in tracing.reason
+
+
+@pytest.mark.integration
+def test_server_without_tracing_tables_fails_tracing_with_the_reason(healthy_server, tmp_path):
+    import sqlite3
+
+    server = healthy_server
+    with sqlite3.connect(server.settings.sqlite_file) as db:  # under the running server, as a bad restore would
+        for table in TRACE_TABLES:
+            db.execute(f"DROP TABLE {table}")
+    report = run_checks(
+        server.url,
+        report_dir=tmp_path,
+        store_uri=server.store_uri,
+        artifacts_dir=server.artifacts_dir,
+        browser=CHROMIUM,
+        checks=[c for c in all_checks() if c.name in WITHOUT_MODEL],
+    )
+    checks = by_name(report)
+    for name in ("experiment", "params", "metrics", "prompts"):
+        assert checks[name].status == PASS, (name, checks[name].reason)
+    tracing = checks["tracing"]
+    assert tracing.status == FAIL
+    assert "search_traces failed: the server answered HTTP" in tracing.reason, tracing.reason
+    assert "no such table: trace_info" in tracing.reason, tracing.reason
+    if os.path.isfile(CHROMIUM):  # the runs page still works; the traces view is not judged
+        assert checks["web UI"].status == PASS, checks["web UI"].reason
+        assert "traces view not checked (the tracing check did not pass)" in checks["web UI"].reason
+
+
+@pytest.mark.integration
 def test_healthy_postgres_server_passes_every_check(request, tmp_path):
     try:
         server = request.getfixturevalue("postgres_server")
@@ -133,13 +237,19 @@ def test_healthy_postgres_server_passes_every_check(request, tmp_path):
         store_uri=server.store_uri,
         artifacts_dir=server.artifacts_dir,
         browser=CHROMIUM,
-        cleanup=True,
     )
     statuses = {c.name: (c.status, c.reason) for c in report.checks}
     assert statuses.pop("web UI")[0] == (PASS if os.path.isfile(CHROMIUM) else SKIPPED)
     assert all(status == PASS for status, _ in statuses.values()), statuses
     assert "no orphan rows across" in statuses["storage"][1], statuses["storage"]
     assert "artifact files on disk" in statuses["storage"][1]
+    # Without --cleanup what the checks made stays: a plain client finds the traces and the prompt.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(server.url, server.url)
+    found = {t.info.trace_id for t in client.search_traces(locations=[str(report.experiment_id)])}
+    assert set(report.trace_ids) <= found and len(report.trace_ids) == 2, (report.trace_ids, found)
+    assert client.load_prompt(f"prompts:/{report.prompt}@production").version == 1
 
 
 @pytest.mark.integration

@@ -15,6 +15,8 @@ from tasks.libs.core.errors import UserError
 from tasks.libs.lifecycle.gc import HELPER, collect
 from tasks.libs.lifecycle.vacuum import vacuum
 from tasks.libs.server.sidecars import ArtifactsServer
+from tasks.libs.store.inspection import inspect_store, section_errors
+from tasks.libs.store.report import render
 from tests.support.lifecycle import drop, head_store, old_store, pg_on, sqlite_in
 from tests.support.settings import make_settings, make_state_dir
 
@@ -162,7 +164,7 @@ def test_postgres_vacuum_full_on_a_store_no_server_uses(pg_settings):
         full = vacuum(settings, full=True, say=lambda _: None)
         assert full.steps.rows[0].name == "VACUUM (FULL, ANALYZE)"
         [metrics] = [row for row in full.tables if row[0] == "metrics"]
-        assert float(metrics[6].split()[0]) < float(metrics[5].split()[0])  # total after < total before
+        assert _bytes(metrics[6]) < _bytes(metrics[5])  # total after < total before
     finally:
         drop(settings)
         shutil.rmtree(state, ignore_errors=True)
@@ -171,3 +173,59 @@ def test_postgres_vacuum_full_on_a_store_no_server_uses(pg_settings):
 def test_sqlite_vacuum_is_refused_while_our_server_writes_to_the_file(sqlite_server):
     with pytest.raises(UserError, match="VACUUM locks it whole; `inv server.stop` first"):
         vacuum(sqlite_server.settings, full=False, say=lambda _: None)
+
+
+def test_gc_covers_every_workspace_and_removes_what_a_cascade_left(state_dir):
+    """A deleted run in a workspace other than 'default' is collected (mlflow gc --all-workspaces,
+    through a temporary artifacts-only server with workspaces); the folders of the workspaces
+    that exist are no orphans; the artifacts MLflow's CASCADE left of a deleted workspace are."""
+    from mlflow.utils.workspace_context import WorkspaceContext
+
+    from tasks.libs.server.control import start_server, stop_server
+
+    settings = make_settings(state_dir, **{"server.workspaces": True, "server.workers": 1})
+    start_server(settings)
+    try:
+        client = MlflowClient(settings.server.url)
+        made = {}
+        for workspace in ("team-a", "gone"):
+            client.create_workspace(workspace)
+            with WorkspaceContext(workspace):
+                exp = client.create_experiment(f"gc-{workspace}")
+                made[workspace] = (exp, [client.create_run(exp).info.run_id for _ in range(2)])
+                for run in made[workspace][1]:
+                    client.log_text(run, "z" * 2048, "data/blob.txt")
+        with WorkspaceContext("team-a"):
+            client.delete_run(made["team-a"][1][0])
+        client.delete_workspace("gone", mode="CASCADE")  # its rows go, its artifacts stay
+    finally:
+        stop_server(settings)
+    engine = sa.create_engine(backend_store_uri(settings, reveal=True))
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE runs SET deleted_time = :t WHERE lifecycle_stage = 'deleted'"), {"t": 1})
+    engine.dispose()
+    art = settings.artifacts_dir / "workspaces"
+    exp_a, (deleted, kept) = made["team-a"]
+    # inspect counts per workspace; the CASCADE left no row of 'gone'
+    report = inspect_store(backend_store_uri(settings, reveal=True), settings.artifacts_dir)
+    counts = {w["workspace"]: (w["experiments"], w["runs"]) for w in report["workspaces"]["workspaces"]}
+    assert counts == {"default": (1, 0), "team-a": (1, 2)}, counts
+    assert "team-a" in render(report) and not section_errors(report)
+    assert [o["path"] for o in report["sizes"]["artifacts"]["orphan_folders"]] == [str(art / "gone")]
+
+    result = collect(settings, None, older_than="1d", dry_run=False, apply=True, say=lambda _: None)
+    assert [(i.workspace, i.kind, i.id) for i in result.removed] == [("team-a", "run", deleted)]
+    assert not result.still_there and result.workspaces == ["default", "team-a"]
+    assert "temporary artifacts-only server" in result.server
+    assert any(r.name.endswith("--all-workspaces") for r in result.steps.rows)
+    assert not (art / "team-a" / exp_a / deleted).exists()
+    assert (art / "team-a" / exp_a / kept / "artifacts" / "data" / "blob.txt").exists()
+    assert [o["path"] for o in result.orphans] == [str(art / "gone")]  # team-a's folders are walked through
+    assert not (art / "gone").exists() and result.orphans_removed
+    assert ArtifactsServer(settings, name=HELPER).running() is None
+
+
+def _bytes(shown: str) -> float:
+    """A size as the vacuum table shows it ('680.0 KiB', '1.5 MiB') back in bytes."""
+    amount, unit = shown.split()
+    return float(amount) * {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[unit]

@@ -16,7 +16,15 @@ from tasks.libs.lifecycle.internals.pgtools import table_counts, with_database
 from tasks.libs.lifecycle.internals.runtime import db_upgrade, installed
 from tasks.libs.lifecycle.migrate import migrate
 from tasks.libs.postgres.connection import create_database, drop_database
-from tests.support.lifecycle import counts_and_revision, head_store, pg_on, pretend_server_runs, sha256, sqlite_in
+from tests.support.lifecycle import (
+    add_workspace,
+    counts_and_revision,
+    head_store,
+    pg_on,
+    pretend_server_runs,
+    sha256,
+    sqlite_in,
+)
 from tests.support.settings import make_state_dir
 
 pytestmark = pytest.mark.integration
@@ -95,6 +103,35 @@ def test_migrate_keeps_every_id_verifies_and_the_next_experiment_is_max_plus_one
     assert not list((pg.state_path / "lifecycle").glob("*.journal"))
     with pytest.raises(UserError, match=r"already holds data \(datasets=1, experiment_tags=1, experiments=3"):
         _migrate(sqlite_settings, pg)  # a re-run into the now filled target
+
+
+def test_migrate_keeps_the_workspaces_and_a_row_moved_to_another_workspace_is_a_difference(stores):
+    """Data in two workspaces: rows and MLflow's workspace-aware stores agree on both sides (the server
+    on such a copy, with workspaces turned on for it, is test_upgrade_keeps_data_in_two_workspaces's)."""
+    from tasks.libs.lifecycle.internals.migrate_verify import compare_api
+
+    sqlite_settings, pg = stores
+    team = add_workspace(sqlite_settings.sqlite_file)
+    result = _migrate(sqlite_settings, pg)
+    assert result.problems == [], result.steps.render()
+    assert "in 2 workspaces (default, team-b)" in result.compared, result.compared
+    uri = backend_store_uri(pg, reveal=True)
+    engine = sa.create_engine(uri)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT workspace, name FROM registered_models ORDER BY workspace")).all()
+            assert [tuple(r) for r in rows] == [("default", "model"), ("team-b", "model")]
+        with engine.begin() as conn:  # as a bad copy would: the experiment lands in 'default'
+            conn.execute(
+                sa.text("UPDATE experiments SET workspace = 'default' WHERE experiment_id = :e"),
+                {"e": int(team["experiment"])},
+            )
+    finally:
+        engine.dispose()
+    problems, _ = compare_api(
+        backend_store_uri(sqlite_settings), uri, sqlite_settings.state_path / "api", max_runs=10, skip_uris=False
+    )
+    assert any(p.startswith("through the API, experiments differ") for p in problems), problems
 
 
 @pytest.mark.usefixtures("fresh_schema")

@@ -177,3 +177,59 @@ def test_apply_upgrades_keeps_every_row_and_a_restore_rolls_it_back(old):
     restored = restore_backup(old, backup, force=True, say=lambda _: None)
     assert counts_and_revision(old) == (counts_before, [OLD_REVISION])
     assert restored.kept  # the upgraded store is kept (moved aside / dumped)
+
+
+WORKSPACES_REVISION = "1b5f0d9ad7c1"  # the migration that added workspaces; 17 more follow it in 3.17.2
+
+
+@pytest.mark.integration
+def test_upgrade_keeps_data_in_two_workspaces(state_dir):
+    """A store from the first MLflow with workspaces, data in 'default' and in 'team-b': the rehearsal
+    compares the workspaces table and every workspace column, its server needs workspaces and gets
+    them, and --apply keeps every row where it was."""
+    import sqlalchemy as sa
+
+    from tasks.libs.lifecycle.internals.schema_compare import build_reference
+
+    settings = sqlite_in(state_dir)
+    uri = backend_store_uri(settings)
+    build_reference(WORKSPACES_REVISION, uri)
+    engine = sa.create_engine(uri)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO workspaces (name, description) VALUES ('team-b', 'a team')"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO experiments (experiment_id, name, artifact_location, lifecycle_stage, creation_time, "
+                "last_update_time, workspace) VALUES (0, 'Default', 'mlflow-artifacts:/0', 'active', 1, 1, 'default'), "
+                "(1, 'b', 'mlflow-artifacts:/workspaces/team-b/1', 'active', 1, 1, 'team-b')"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO runs (run_uuid, name, source_type, status, start_time, end_time, lifecycle_stage, "
+                "experiment_id, artifact_uri) VALUES ('b0b0', 'run-b', 'LOCAL', 'FINISHED', 1, 2, 'active', 1, "
+                "'mlflow-artifacts:/workspaces/team-b/1/b0b0/artifacts')"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO registered_models (name, creation_time, last_updated_time, workspace) "
+                "VALUES ('model', 1, 1, 'default'), ('model', 1, 1, 'team-b')"
+            )
+        )
+    engine.dispose()
+
+    result = rehearse(settings, installed(), server_checks=True, say=lambda _: None)
+    assert result.ok, (result.problems, result.steps.render())
+    assert result.rows_checked["workspaces"] == 2 and result.rows_checked["registered_models"] == 2
+    assert result.checks is not None and result.checks.workspace and not result.checks.failed
+
+    take_backup(settings)
+    assert not apply_upgrade(settings, no_backup=False, say=lambda _: None).steps.failed
+    engine = sa.create_engine(uri)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT workspace FROM experiments WHERE experiment_id = 1")).scalar() == "team-b"
+        models = conn.execute(sa.text("SELECT workspace FROM registered_models ORDER BY workspace")).scalars().all()
+        assert models == ["default", "team-b"]
+        assert sorted(conn.execute(sa.text("SELECT name FROM workspaces")).scalars()) == ["default", "team-b"]
+    engine.dispose()

@@ -1,5 +1,5 @@
 """Artifacts in the embedded S3 (a real moto server) in MLflow's three modes: the deployment checks
-pass, check 9 and inspect.sizes read the bucket, and a broken bucket fails them."""
+pass, the storage check and inspect.sizes read the bucket, and a broken bucket fails them."""
 
 from __future__ import annotations
 
@@ -105,12 +105,12 @@ def test_split_mode_runs_an_artifacts_only_server_that_clients_are_sent_to(serve
     assert exp.artifact_location.startswith(f"{ArtifactsServer(settings).url}/api/2.0/mlflow-artifacts/artifacts/")
 
 
-def test_an_object_missing_from_the_bucket_fails_check_nine(servers, tmp_path):
+def test_an_object_missing_from_the_bucket_fails_the_storage_check(servers, tmp_path):
     settings = servers["proxied"]
     bucket = BucketView.of(settings)
 
     def delete_the_model_file(result):
-        if result.name == "model":  # after the model is logged, before check 9 compares
+        if result.name == "model":  # after the model is logged, before the storage check compares
             for key in [key for key, _ in bucket.objects() if key.endswith("/MLmodel")]:
                 bucket.client().delete_object(Bucket=bucket.bucket, Key=key)
 

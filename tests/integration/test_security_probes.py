@@ -29,7 +29,7 @@ from tasks.libs.security.suite import all_probes, run_security
 from tasks.libs.security.target import Target, basic, target_from_settings
 from tests.support.settings import LiveServer, live_server, make_settings, make_state_dir
 
-AUTH_ONLY = {"default password", "permissions"}
+AUTH_ONLY = {"default password", "permissions", "workspace isolation"}
 TLS_ONLY = {"plain HTTP", "certificate"}  # SKIPPED on a plain-HTTP deployment (tests/integration/test_tls.py)
 
 
@@ -279,7 +279,10 @@ def test_auth_server_passes_and_a_planted_default_password_fails(auth_server):
     target = target_from_settings(auth_server.settings)
     assert target.credentials and target.credentials[0] == "root"
     results = probe(target)
-    assert {n for n, s in statuses(results).items() if s != PASS} == {"pg_hba"} | TLS_ONLY, results
+    assert {n for n, s in statuses(results).items() if s != PASS} == {"pg_hba", "workspace isolation"} | TLS_ONLY, (
+        results
+    )
+    assert "runs without workspaces" in results["workspace isolation"].reason
     assert "default user/password pairs refused" in results["default password"].reason
     admin = {"Authorization": basic(*target.credentials)}
     users = "/api/2.0/mlflow/users"
@@ -311,6 +314,26 @@ def test_auth_server_without_credentials_skips_what_needs_them(auth_server):
     assert results["artifact traversal (read)"].status == SKIPPED
     assert results["auth required"].status == PASS
     assert results["permissions"].status == SKIPPED and "admin credentials" in results["permissions"].reason
+
+
+def test_workspaces_keep_their_users_apart_unless_default_is_opened_to_all(state_dir):
+    """Sign-in and workspaces: a user of one workspace reaches neither another nor 'default' (PASS);
+    with MLflow's grant_default_workspace_access every user reads 'default' (FAIL, naming it)."""
+    settings = make_settings(state_dir, **{"server.auth.enabled": True, "server.workspaces": True, "server.workers": 1})
+    with live_server(settings):
+        passed = probe(target_from_settings(settings), "workspace isolation")["workspace isolation"]
+    assert passed.status == PASS, passed.reason
+    assert "cannot list, read or create experiments or runs in another workspace nor in 'default'" in passed.reason
+    settings.server.auth.grant_default_workspace_access = True
+    with live_server(settings) as server:
+        target = target_from_settings(settings)
+        failed = probe(target, "workspace isolation")["workspace isolation"]
+        admin = {"Authorization": basic(*target.credentials)} if target.credentials else {}
+        left = raw_request(server.url, "GET", "/api/3.0/mlflow/workspaces", headers=admin).json()
+    assert failed.status == FAIL
+    assert "reached others: " in failed.reason and "workspace 'default''s experiment" in failed.reason, failed.reason
+    assert "another workspace" not in failed.reason and "-b's experiment" not in failed.reason  # only 'default' opened
+    assert [w["name"] for w in left.get("workspaces", [])] == ["default"]  # the probe's workspaces are gone
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from tasks.libs.checks.runner import all_checks, run_checks
-from tasks.libs.checks.ui import open_and_find
+from tasks.libs.checks.ui import Page, open_and_find
 from tasks.libs.core import tls
 from tasks.libs.core.settings import Settings, load_settings
 from tasks.libs.reporting.records import FAIL, PASS, CheckFailed
@@ -79,7 +79,7 @@ def test_the_deployment_checks_pass_over_https_with_the_printed_ca(https_server,
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"verifying its certificate with {server.ca}" in done.stdout
     ui = "PASS" if Path(CHROMIUM).is_file() and shutil.which("certutil") else "SKIPPED"
-    assert re.search(rf"8\. web UI: {ui}", done.stdout), done.stdout
+    assert re.search(rf"10\. web UI: {ui}", done.stdout) and "8. tracing: PASS" in done.stdout, done.stdout
     assert (tmp_path / "report.json").is_file()
 
 
@@ -109,7 +109,8 @@ def test_the_browser_refuses_a_certificate_its_ca_did_not_sign(https_server, tmp
     other_ca = tmp_path / "other-ca.crt"
     other_ca.write_bytes(tls.cert_pem(other))
     with pytest.raises(CheckFailed, match="ERR_CERT_AUTHORITY_INVALID"):
-        open_and_find(f"{https_server.url}/", "no-such-run", CHROMIUM, tmp_path / "shot.png", ca_file=str(other_ca))
+        page = Page("/", "no-such-run", "run no-such-run", tmp_path / "shot.png")
+        open_and_find(https_server.url, [page], CHROMIUM, ca_file=str(other_ca))
 
 
 def test_the_security_probes_pass_over_https_with_the_tools_ca(https_server, tmp_path):

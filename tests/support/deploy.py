@@ -21,13 +21,15 @@ GOLDEN_PATHS = {
     "deploy.systemd.python": "/opt/mlflow-ops/.venv/bin/python",
     "server.workers": 2,
 }
-# name -> (profile, extra settings): the two profiles, ci on PostgreSQL (Compose runs its own), prod with TLS.
+# name -> (profile, extra settings): the two profiles, ci on PostgreSQL (Compose runs its own), prod with TLS,
+# prod with workspaces.
 GOLDEN_CASES: dict[str, tuple[str, dict[str, Any]]] = {
     "ci": ("ci", {}),
     "prod": ("prod", {}),
     "ci-postgres": ("ci", {"backend": "postgres"}),
     # uvicorn's TLS for Compose and systemd, the ingress's TLS block for Helm
     "prod-tls": ("prod", {"server.tls.enabled": True}),
+    "prod-workspaces": ("prod", {"server.workspaces": True}),
 }
 UPDATE_ENV = "MLFLOW_OPS_UPDATE_GOLDENS"
 

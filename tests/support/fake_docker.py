@@ -53,6 +53,11 @@ class FakeContainer:
         return b"FATAL:  data directory has wrong ownership\n" if self._exits else b"ready\n"
 
 
+class FakeImage:
+    def __init__(self, name):
+        self.id, self.tags, self.labels = f"sha256:{name}", [name], {}
+
+
 class FakeVolume:
     def __init__(self, engine, name):
         self.engine, self.name = engine, name
@@ -132,7 +137,7 @@ class _Images:
                 response=_response(404),
                 explanation=f"No such image: {name}",
             )
-        return name
+        return FakeImage(name)
 
     def pull(self, repository, tag=None, **kwargs):
         self.engine.calls.append(("pull", repository))

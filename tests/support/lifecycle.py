@@ -206,3 +206,38 @@ def bulk_metrics(uri: str, run_id: str, rows: int) -> None:
                 "INSERT INTO metrics (key, value, timestamp, run_uuid, step, is_nan) SELECT 'bulk', i * 0.5, i, ?, i, 0 FROM g",
                 (rows, run_id),
             )
+
+
+def add_workspace(path: Path, workspace: str = "team-b") -> dict:
+    """A workspace beside 'default' in a SQLite store, with an experiment, a run with a param and a
+    registered model named as the one head_store made in 'default' (names are per workspace),
+    written through MLflow's workspace-aware stores as a server with workspaces would."""
+    import os
+
+    from mlflow.entities import Param, Workspace
+    from mlflow.store.model_registry.sqlalchemy_workspace_store import (
+        WorkspaceAwareSqlAlchemyStore as RegistryStore,
+    )
+    from mlflow.store.tracking.sqlalchemy_workspace_store import WorkspaceAwareSqlAlchemyStore
+    from mlflow.store.workspace.sqlalchemy_store import SqlAlchemyStore as WorkspaceStore
+    from mlflow.utils.workspace_context import ServerWorkspaceContext
+
+    uri = f"sqlite:///{path}"
+    saved = os.environ.get("MLFLOW_ENABLE_WORKSPACES")
+    os.environ["MLFLOW_ENABLE_WORKSPACES"] = "true"
+    try:
+        WorkspaceStore(uri).create_workspace(Workspace(name=workspace))
+        tracking, registry = WorkspaceAwareSqlAlchemyStore(uri, "mlflow-artifacts:/"), RegistryStore(uri)
+        with ServerWorkspaceContext(workspace):
+            exp = tracking.create_experiment(f"{workspace}-experiment")
+            run = tracking.create_run(exp, "tester", 1, [], f"{workspace}-run").info.run_id
+            tracking.log_batch(run, metrics=[], params=[Param("team", workspace)], tags=[])
+            registry.create_registered_model("model")
+        for store in (tracking, registry):
+            store.engine.dispose()
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_ENABLE_WORKSPACES", None)
+        else:
+            os.environ["MLFLOW_ENABLE_WORKSPACES"] = saved
+    return {"workspace": workspace, "experiment": exp, "run": run}

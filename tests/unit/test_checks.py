@@ -43,7 +43,7 @@ def test_no_server_fails_fast_with_a_clear_reason(tmp_path):
     checks = by_name(report)
     assert checks["experiment"].status == FAIL
     assert checks["experiment"].reason == f"no server answers at {url} (connection refused)"
-    for name in ("params", "metrics", "dataset", "artifact", "model", "web UI"):
+    for name in ("params", "metrics", "dataset", "artifact", "model", "tracing", "prompts", "web UI"):
         assert checks[name].status == SKIPPED and checks[name].reason.startswith("needs experiment"), name
     assert checks["model registry"].reason == "needs model"
     assert checks["storage"].status == SKIPPED
@@ -156,7 +156,7 @@ def test_deployment_task_exits_non_zero_when_a_check_fails(tmp_path, monkeypatch
         deployment(Context(), url=dead_url(), report_dir=str(out), browser="none", config=str(empty))
     assert exc.value.code == 1 and "experiment" in str(exc.value.message)
     assert {p.name for p in out.iterdir()} >= {"report.md", "report.json", "junit.xml"}
-    storage = json.loads((out / "report.json").read_text())["checks"][8]
+    storage = json.loads((out / "report.json").read_text())["checks"][10]
     assert storage["status"] == SKIPPED and "not the configured server" in storage["reason"]
 
 

@@ -18,7 +18,13 @@ def settings(state_dir):
     return make_settings(
         state_dir,
         backend="postgres",
-        **{"postgres.provider": "docker", "postgres.password": "pw", "postgres.start_timeout": 5},
+        # No stand-in on a fake engine (it builds nothing): an image that cannot be pulled is an error.
+        **{
+            "postgres.provider": "docker",
+            "postgres.password": "pw",
+            "postgres.start_timeout": 5,
+            "engine.images.fallback": "none",
+        },
     )
 
 
@@ -60,6 +66,14 @@ def test_missing_image_is_pulled_then_a_labelled_container_runs_on_loopback(sett
 def test_image_that_cannot_be_pulled_is_one_clear_error(settings):
     db, _ = provider(settings, FakeDocker())
     with pytest.raises(UserError, match=r"image postgres:15 is not here and could not be pulled \(pull access denied"):
+        db.start()
+
+
+def test_an_image_the_stand_in_cannot_replace_is_one_clear_error(settings):
+    settings.engine.images.fallback = "debian"
+    settings.postgres.docker.image = "postgres:16"
+    db, _ = provider(settings, FakeDocker())
+    with pytest.raises(UserError, match=r"could not be pulled .* the stand-in is PostgreSQL 15 .*postgres:15$"):
         db.start()
 
 

@@ -114,10 +114,10 @@ def test_no_server_fails_the_version_probe_and_skips_the_other_requests(tmp_path
     assert report.facts["Requests sent"] == "1"
     paths = write_reports(report, tmp_path)
     table = format_table(report)
-    assert "latency" not in table and "FAILED: 0 passed, 1 failed, 16 skipped" in table
+    assert "latency" not in table and "FAILED: 0 passed, 1 failed, 17 skipped" in table
     suite = ET.parse(paths["junit"]).getroot().find("testsuite")
     assert suite is not None and suite.get("name") == "mlflow-ops security checks"
-    assert suite.get("tests") == "17" and suite.get("failures") == "1" and suite.get("skipped") == "16"
+    assert suite.get("tests") == "18" and suite.get("failures") == "1" and suite.get("skipped") == "17"
     assert {case.get("classname") for case in suite.iter("testcase")} == {"security"}
     data = json.loads(paths["json"].read_text())
     assert data["suite"] == "security" and data["facts"]["Started by this tool"] == "no"

@@ -106,6 +106,15 @@ def test_job_execution_is_on_with_the_executor_engine_unless_turned_off(tmp_path
     assert off["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false" and "MLFLOW_SERVER_JOB_EXECUTION_ENGINE" not in off
 
 
+def test_workspaces_flag_follows_the_setting(tmp_path):
+    assert "--enable-workspaces" not in server_command(make_settings(tmp_path))
+    stock = make_settings(tmp_path, **{"server.workspaces": True, "lifecycle.venvs_dir": str(tmp_path / "venvs")})
+    (stock_venv(stock) / "bin").mkdir(parents=True)
+    (stock_venv(stock) / "bin" / "mlflow").touch()
+    assert "--enable-workspaces" not in server_command(stock, stock=True)
+    assert server_command(make_settings(tmp_path, **{"server.workspaces": True}))[-1] == "--enable-workspaces"
+
+
 def test_tls_puts_the_certificate_paths_in_uvicorn_opts_for_every_server_it_starts(tmp_path):
     tls_on = {"server.tls.enabled": True, "artifacts.store": "s3", "artifacts.mode": "split"}
     settings = make_settings(tmp_path, **tls_on, **{"artifacts.artifacts_server.port": 4000})

@@ -106,6 +106,8 @@ def artifacts_server_command(settings: Settings) -> list[str]:
     opts = shlex.split(settings.server.uvicorn_opts)
     if settings.server.tls.enabled:  # on server.host beside the tracking server: never plain HTTP there
         opts += uvicorn_tls_opts(settings)
+    if settings.server.workspaces:  # requests name their workspace; it scopes paths to workspaces/<name>/
+        cmd.append("--enable-workspaces")
     return cmd + (["--uvicorn-opts", shlex.join(opts)] if opts else [])
 
 

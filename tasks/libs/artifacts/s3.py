@@ -6,7 +6,7 @@ exec here); the bucket is created on start. moto keeps everything in memory: a r
 loses every object, so it is for trying things out and for tests, never for data anyone
 keeps (`artifacts.s3.provider: external` names a real S3 API).
 
-BucketView reads a bucket (embedded or external) for check 9 and `inspect.sizes`: which
+BucketView reads a bucket (embedded or external) for the storage check and `inspect.sizes`: which
 key an artifact URI maps to, and the objects and bytes under the prefix per experiment.
 """
 
@@ -105,11 +105,14 @@ class BucketView:
         return f"{self.prefix}/{relative}" if self.prefix else relative
 
     def experiment_of(self, key: str) -> str:
-        """The experiment folder a key is in (its id), or a note when it lies outside them."""
+        """The experiment folder a key is in (its id), or a note when it lies outside them.
+
+        A workspace's experiments are one level deeper: workspaces/<name>/<id>."""
         root = self.experiments_prefix
         if root and not key.startswith(root + "/"):
             return "(outside the experiments folder)"
-        return key[len(root) :].lstrip("/").split("/", 1)[0]
+        parts = key[len(root) :].lstrip("/").split("/")
+        return parts[2] if parts[0] == "workspaces" and len(parts) > 3 else parts[0]
 
     def objects(self, prefix: str | None = None) -> Iterator[tuple[str, int]]:
         """(key, size) of every object under prefix (default: the configured prefix)."""
@@ -138,7 +141,7 @@ class BucketView:
 
 
 def where_artifacts_are(settings: Settings) -> Path | BucketView:
-    """The configured server's artifacts: its folder, or the bucket (for inspection and check 9)."""
+    """The configured server's artifacts: its folder, or the bucket (for inspection and the storage check)."""
     return BucketView.of(settings) if settings.artifacts.store == "s3" else settings.artifacts_dir
 
 

@@ -60,7 +60,7 @@ from tasks.libs.bench.runner import (
 )
 from tasks.libs.bench.stats import percentile, ratio
 from tasks.libs.bench.workload import WorkloadSpec, group_cpu_seconds
-from tasks.libs.checks.ui import open_and_find
+from tasks.libs.checks.ui import Page, open_and_find
 from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.databases import engine_for, sqlite_connection
 from tasks.libs.core.errors import UserError
@@ -553,8 +553,7 @@ def _ui(t: ScaleTarget, n: int, loads: int, say) -> dict[str, Any]:
     if not os.access(CHROMIUM, os.X_OK):
         return {"n": 0, "errors": 0, "error_examples": [f"no browser at {CHROMIUM} (inv deps)"], "p50_ms": math.nan}
     newest = f"scale-{n - 1:07d}"
-    page = f"{t.url}/#/experiments/{t.experiment_id}/runs"
-    shot = t.settings.state_path / "ui.png"
+    page = Page(f"/experiments/{t.experiment_id}/runs", newest, f"run {newest}", t.settings.state_path / "ui.png")
     say(f"{t.target.name}: web UI at {n:,} runs")
     pgid = server_pgid(t.settings)
     try:
@@ -568,7 +567,7 @@ def _ui(t: ScaleTarget, n: int, loads: int, say) -> dict[str, Any]:
         }
     timeout_ms = int(UI_TIMEOUT_S * 1000)
     return timed_calls(
-        lambda i: open_and_find(page, newest, CHROMIUM, shot, timeout_ms=timeout_ms), loads, pgid=pgid, warmup=1
+        lambda i: open_and_find(t.url, [page], CHROMIUM, timeout_ms=timeout_ms), loads, pgid=pgid, warmup=1
     )
 
 

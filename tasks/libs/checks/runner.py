@@ -1,13 +1,17 @@
 """Prove that a running MLflow tracking server works end to end.
 
-run_checks() runs nine checks in order against a server URL: experiment, params, metrics,
-dataset, artifact, model, model registry, web UI and storage. Each ends PASS, FAIL or
-SKIPPED with a one-line reason and its duration; a failure never stops an independent
-later check, and a check whose prerequisite failed is SKIPPED with "needs <check>".
+run_checks() runs eleven checks in order against a server URL: experiment, params, metrics,
+dataset, artifact, model, model registry, tracing, prompts, web UI and storage. Each ends
+PASS, FAIL or SKIPPED with a one-line reason and its duration; a failure never stops an
+independent later check, and a check whose prerequisite failed is SKIPPED with "needs <check>".
+
+On a server with workspaces on (its server-info says so), the checks create a workspace of
+their own and make every request in it: MLflow's client sends the X-MLFLOW-WORKSPACE header
+for the workspace set with mlflow.set_workspace (MLFLOW_WORKSPACE).
 
 An https server is verified, never trusted blindly: the client (MLflow's, through
-MLFLOW_TRACKING_SERVER_CERT_PATH), the health probes and the browser all check its certificate
-against ca_file (or the system's trust store).
+MLFLOW_TRACKING_SERVER_CERT_PATH), the health probes, the OTLP exporter and the browser all
+check its certificate against ca_file (or the system's trust store).
 """
 
 from __future__ import annotations
@@ -54,7 +58,11 @@ CLIENT_ENV = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
+    # Traces are exported when their root span ends, not by a background queue: a trace the
+    # server refuses is refused while the tracing check listens.
+    "MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "false",
 }
+SERVER_INFO = "/api/3.0/mlflow/server-info"
 
 
 @dataclass
@@ -74,6 +82,12 @@ class CheckContext:
     bucket: Any = None  # tasks.libs.artifacts.s3.BucketView when artifacts live in S3
     browser: str | None = DEFAULT_BROWSER
     ca_file: str | None = None  # the CA an https server's certificate is verified with (None: system store)
+    workspace: str | None = None  # the checks' own workspace, when the server has workspaces on
+    otlp_url: str | None = None  # where OTLP exporters reach the server, when not at url
+    prompt_name: str = ""
+    trace_name: str = ""  # the SDK trace's input and tag
+    trace_ids: list[str] = field(default_factory=list)
+    passed: set[str] = field(default_factory=set)  # the checks that passed so far
     experiment_id: str | None = None
     run_id: str | None = None
     model_info: Any = None
@@ -98,6 +112,7 @@ class Check:
 
 
 def all_checks() -> list[Check]:
+    from tasks.libs.checks import genai as genai_checks
     from tasks.libs.checks import storage as storage_check
     from tasks.libs.checks import tracking as tracking_checks
     from tasks.libs.checks import ui as ui_check
@@ -110,6 +125,8 @@ def all_checks() -> list[Check]:
         Check("artifact", tracking_checks.check_artifact, needs=("experiment",)),
         Check("model", tracking_checks.check_model, needs=("experiment",)),
         Check("model registry", tracking_checks.check_registry, needs=("model",)),
+        Check("tracing", genai_checks.check_tracing, needs=("experiment",)),
+        Check("prompts", genai_checks.check_prompts, needs=("experiment",)),
         Check("web UI", ui_check.check_web_ui, needs=("experiment", "params", "metrics")),
         Check("storage", storage_check.check_storage),
     ]
@@ -129,6 +146,8 @@ def run_checks(
     cleanup: bool = False,
     on_result: Callable[[CheckResult], None] | None = None,
     checks: list[Check] | None = None,
+    workspace: bool | None = None,
+    otlp_url: str | None = None,
 ) -> Report:
     """Run every check against the server at tracking_uri; never raises for a server's fault.
 
@@ -137,23 +156,29 @@ def run_checks(
     artifacts live in S3. client_env is what the client needs besides (direct mode: the S3
     endpoint and credentials), set for the run only. ca_file is the CA an https server is
     verified with (default MLFLOW_TRACKING_SERVER_CERT_PATH, else the system's trust store). on_result
-    is called after each check, e.g. to print progress. cleanup deletes the experiment and
-    registered model after.
+    is called after each check, e.g. to print progress. cleanup deletes what the checks made
+    afterwards. workspace: run in a workspace of the checks' own (None: when the server's
+    server-info says workspaces are on). otlp_url: the server's address for OTLP exporters, when
+    it differs from tracking_uri.
     """
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     url = tracking_uri.rstrip("/")
     hidden = _secrets_in(url, store_uri)
     stamp = formats.stamp() + "-" + _secrets.token_hex(2)
+    ca = str(ca_file or os.environ.get(CERT_PATH_ENV) or "") or None
+    if workspace is None:
+        workspace = workspaces_enabled(url, verify=ca or True)
     report = Report(
         tracking_uri=redact(url),
         store=redact(store_uri) if store_uri else None,
         started_at=_now(),
         experiment_name=f"{NAME_PREFIX}-{stamp}",
         registered_model=f"{NAME_PREFIX}-model-{stamp}",
+        prompt=f"{NAME_PREFIX}-prompt-{stamp}",
+        workspace=f"{NAME_PREFIX}-{stamp}" if workspace else None,
         report_dir=report_dir,
     )
-    ca = str(ca_file or os.environ.get(CERT_PATH_ENV) or "") or None
     client_env = {**(client_env or {}), **({CERT_PATH_ENV: ca} if ca else {})}
     with client_environment(url, client_env), tempfile.TemporaryDirectory(prefix="mlflow-ops-check-") as work:
         from mlflow import MlflowClient
@@ -172,11 +197,15 @@ def run_checks(
             bucket=bucket,
             browser=browser,
             ca_file=ca,
+            workspace=report.workspace,
+            otlp_url=otlp_url.rstrip("/") if otlp_url else None,
+            prompt_name=report.prompt,
+            trace_name=f"trace-{stamp}",  # short: the traces view shows it in the input column
         )
         steps = list(checks or all_checks())
         if cleanup:
             steps.append(Check("cleanup", cleanup_check_objects))
-        passed: set[str] = set()
+        passed = ctx.passed
         for number, check in enumerate(steps, start=1):
             if check.name == "cleanup":
                 _finish_run(ctx)  # while its experiment is still there
@@ -189,6 +218,7 @@ def run_checks(
         if not cleanup:
             _finish_run(ctx)
         report.experiment_id, report.run_id, report.screenshot = ctx.experiment_id, ctx.run_id, ctx.screenshot
+        report.trace_ids = list(ctx.trace_ids)
     report.finished_at = _now()
     return report
 
@@ -297,21 +327,70 @@ def upload_failure(what: str, exc: Exception, url: str) -> CheckFailed:
 
 
 def cleanup_check_objects(ctx: CheckContext) -> str:
-    """Delete what this run created: the registered model (all versions) and the experiment."""
+    """Delete what this run created: traces, the prompt, the registered model and the experiment;
+    in a workspace of its own, the workspace with everything in it (its artifacts first)."""
     from mlflow.exceptions import MlflowException
 
     if ctx.experiment_id is None:
+        if ctx.workspace and _delete_workspace(ctx):
+            return f"deleted workspace {ctx.workspace} (no experiment was created)"
         raise CheckSkipped("nothing to clean up: no experiment was created")
+    if ctx.workspace:
+        return _delete_workspace_and_artifacts(ctx)
     done = []
-    try:
-        ctx.client.delete_registered_model(ctx.model_name)
-        done.append(f"registered model {ctx.model_name}")
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-            raise
+    if ctx.trace_ids:
+        deleted = ctx.client.delete_traces(ctx.experiment_id, trace_ids=ctx.trace_ids)
+        done.append(f"{deleted} trace(s)")
+    for what, delete in (
+        (f"prompt {ctx.prompt_name}", lambda: ctx.client.delete_prompt(ctx.prompt_name)),
+        (f"registered model {ctx.model_name}", lambda: ctx.client.delete_registered_model(ctx.model_name)),
+    ):
+        try:
+            delete()
+            done.append(what)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
     ctx.client.delete_experiment(ctx.experiment_id)
     done.append(f"experiment {ctx.experiment_name} (soft delete; `mlflow gc` purges it)")
-    return "deleted " + " and ".join(done)
+    return "deleted " + ", ".join(done)
+
+
+def _delete_workspace_and_artifacts(ctx: CheckContext) -> str:
+    """MLflow's CASCADE deletes the workspace's rows, not its artifacts: those go first, through the server."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    location = ctx.client.get_experiment(ctx.experiment_id).artifact_location.rstrip("/")
+    folder = location.rsplit("/", 1)[0]  # <root>/workspaces/<name>/<experiment id>: the workspace's whole folder
+    if not folder.endswith(f"/workspaces/{ctx.workspace}"):
+        folder = location
+    get_artifact_repository(folder).delete_artifacts()
+    _delete_workspace(ctx)
+    return (
+        f"deleted workspace {ctx.workspace} with everything in it (experiment, run, models, traces, prompt: "
+        f"MLflow's CASCADE deletes the rows), after its artifacts at {folder}"
+    )
+
+
+def _delete_workspace(ctx: CheckContext) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        ctx.client.delete_workspace(ctx.workspace, mode="CASCADE")
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
+
+
+def workspaces_enabled(url: str, timeout: float = 5.0, verify: str | bool = True) -> bool:
+    """The server runs with workspaces on (its server-info says so; an old or dead server: no)."""
+    try:
+        response = requests.get(f"{url}{SERVER_INFO}", timeout=timeout, verify=verify)
+        return response.status_code == 200 and response.json().get("workspaces_enabled") is True
+    except (requests.RequestException, ValueError):
+        return False
 
 
 @contextlib.contextmanager
@@ -321,8 +400,10 @@ def client_environment(url: str, extra: dict[str, str] | None = None) -> Iterato
     from mlflow.tracking import _model_registry, _tracking_service
 
     # set_tracking_uri/set_registry_uri also export MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI.
+    from mlflow.utils.workspace_context import set_workspace
+
     extra = extra or {}
-    keys = [*CLIENT_ENV, *extra, "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"]
+    keys = [*CLIENT_ENV, *extra, "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_WORKSPACE"]
     saved_env = {key: os.environ.get(key) for key in keys}
     saved_tracking = _tracking_service.utils._tracking_uri
     saved_registry = _model_registry.utils._registry_uri
@@ -339,6 +420,7 @@ def client_environment(url: str, extra: dict[str, str] | None = None) -> Iterato
     finally:
         while mlflow.active_run():
             mlflow.end_run()
+        set_workspace(None)  # the checks' workspace, if they set one (restored from saved_env below)
         registry_log.setLevel(saved_level)
         _tracking_service.utils._tracking_uri = saved_tracking
         _model_registry.utils._registry_uri = saved_registry

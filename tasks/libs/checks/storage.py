@@ -1,4 +1,4 @@
-"""Check 9: the store underneath the server is sound, and artifacts are on disk where it says.
+"""Check 11: the store underneath the server is sound, and artifacts are on disk where it says.
 
 The database is read through the store reader (tasks.libs.store.reader), the same one
 `inv inspect` uses: read-only, SQLite through a mode=ro URI, PostgreSQL in a read-only

@@ -1,4 +1,8 @@
-"""Checks 1-7: write through the tracking and registry API, then read every value back."""
+"""Checks 1-7: write through the tracking and registry API, then read every value back.
+
+On a server with workspaces on, check 1 first creates the checks' own workspace and makes it the
+client's (mlflow.set_workspace: every later request carries X-MLFLOW-WORKSPACE).
+"""
 
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ def expected_metrics() -> dict[str, list[float]]:
 def check_experiment(ctx: CheckContext) -> str:
     probe_health(ctx.url)
     client = ctx.client
+    where = enter_workspace(ctx)
     ctx.experiment_id = client.create_experiment(ctx.experiment_name, tags={"mlflow-ops.check": "deployment"})
     by_name = client.get_experiment_by_name(ctx.experiment_name)
     if by_name is None or by_name.experiment_id != ctx.experiment_id:
@@ -37,7 +42,44 @@ def check_experiment(ctx: CheckContext) -> str:
     ctx.run_id = run.info.run_id
     if client.get_run(ctx.run_id).info.run_name != ctx.run_name:
         raise CheckFailed(f"run {ctx.run_id} does not read back with its name {ctx.run_name!r}")
-    return f"experiment {ctx.experiment_id} read back by name and id; run {ctx.run_name} created"
+    if ctx.workspace:
+        where += _unseen_from_default(ctx)
+    return f"{where}experiment {ctx.experiment_id} read back by name and id; run {ctx.run_name} created"
+
+
+def _unseen_from_default(ctx: CheckContext) -> str:
+    """The experiment and run of the checks' workspace are not listed, nor found, in 'default'."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.workspace_context import WorkspaceContext
+
+    with WorkspaceContext("default"):
+        listed = [e.name for e in ctx.client.search_experiments(filter_string=f"name = '{ctx.experiment_name}'")]
+        try:
+            ctx.client.get_run(ctx.run_id)
+            seen = True
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            seen = False
+    if listed or seen:
+        raise CheckFailed(
+            f"workspace 'default' {'lists experiment ' + ctx.experiment_name if listed else 'finds run ' + str(ctx.run_id)} "
+            f"of workspace {ctx.workspace}: the workspaces are not apart"
+        )
+    return "neither listed nor found from workspace 'default'; "
+
+
+def enter_workspace(ctx: CheckContext) -> str:
+    """Create the checks' workspace and make it the client's; '' when the server has none."""
+    from mlflow.utils.workspace_context import set_workspace
+
+    if not ctx.workspace:
+        return ""
+    made = ctx.client.create_workspace(ctx.workspace, description="mlflow-ops deployment check")
+    if made.name != ctx.workspace:
+        raise CheckFailed(f"workspace {ctx.workspace!r} reads back as {made.name!r} after creating it")
+    set_workspace(ctx.workspace)
+    return f"workspace {ctx.workspace} created; "
 
 
 def check_params(ctx: CheckContext) -> str:

@@ -1,4 +1,8 @@
-"""Check 8: a real headless browser opens the experiment's runs page and finds the check run.
+"""Check 10: a real headless browser opens the experiment's runs page and finds the check run,
+then (when the tracing check passed) the experiment's traces view and finds the check's trace.
+
+With workspaces on, the UI needs the workspace in the page's address (`?workspace=<name>`);
+without it, it shows a workspace picker instead of the experiment.
 
 Over https the browser verifies the certificate as any browser does: chain, dates and host
 name. It trusts a private CA (ctx.ca_file) the way Chromium on Linux trusts one a user
@@ -16,7 +20,9 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 from tasks.libs.checks.runner import CheckContext
 from tasks.libs.reporting.records import CheckFailed, CheckSkipped, Latency
@@ -32,16 +38,45 @@ BROWSER_ARGS = [
 FIND_TIMEOUT_MS = 30_000  # the first load of the React app takes 2-3 s here; allow for a busy machine
 
 
+@dataclass
+class Page:
+    """A page to open and the text that must show on it."""
+
+    route: str  # after '#', e.g. /experiments/1/runs
+    text: str
+    what: str  # "run <name>", for the reason
+    screenshot: Path
+    exact: bool = True
+
+
 def check_web_ui(ctx: CheckContext) -> str:
     browser_path = usable_browser(ctx.browser)
-    page_url = f"{ctx.url}/#/experiments/{ctx.experiment_id}/runs"
+    query = f"?workspace={quote(ctx.workspace)}" if ctx.workspace else ""
     ctx.screenshot = ctx.report_dir / "web-ui.png"
-    ca = ctx.ca_file if page_url.startswith("https:") else None
+    pages = [Page(f"/experiments/{ctx.experiment_id}/runs{query}", ctx.run_name, f"run {ctx.run_name}", ctx.screenshot)]
+    traces_note = ""
+    if "tracing" in ctx.passed:
+        # The traces view lists each trace with its input (tags sit in a column off to the side).
+        pages.append(
+            Page(
+                f"/experiments/{ctx.experiment_id}/traces{query}",
+                ctx.trace_name,
+                f"trace {ctx.trace_ids[0]}",
+                ctx.report_dir / "web-ui-traces.png",
+                exact=False,
+            )
+        )
+    else:
+        traces_note = "; traces view not checked (the tracing check did not pass)"
+    ca = ctx.ca_file if ctx.url.startswith("https:") else None
     if ca and shutil.which("certutil") is None:
         raise CheckSkipped(f"Chromium trusts {ca} through an NSS database made with certutil: inv deps (libnss3-tools)")
-    seconds = open_and_find(page_url, ctx.run_name, browser_path, ctx.screenshot, ca_file=ca)
-    ctx.latencies.append(Latency("UI page", "experiment runs page until the run shows", seconds))
-    return f"run {ctx.run_name} shown on #/experiments/{ctx.experiment_id}/runs; screenshot {ctx.screenshot.name}"
+    seconds = open_and_find(ctx.url, pages, browser_path, ca_file=ca)
+    labels = ("experiment runs page until the run shows", "experiment traces view until the trace shows")
+    for label, took in zip(labels, seconds):
+        ctx.latencies.append(Latency("UI page", label, took))
+    shown = "; ".join(f"{p.what} shown on #{p.route} (screenshot {p.screenshot.name})" for p in pages)
+    return shown + traces_note
 
 
 def usable_browser(browser: str | None) -> str:
@@ -77,23 +112,18 @@ def trusting_home(ca_file: str | None) -> Iterator[dict[str, str | float | bool]
 
 
 def open_and_find(
-    page_url: str,
-    run_name: str,
-    browser_path: str,
-    screenshot: Path,
-    *,
-    ca_file: str | None = None,
-    timeout_ms: int = FIND_TIMEOUT_MS,
-) -> float:
-    """Load page_url, wait until run_name is visible, save a screenshot; return the load time.
+    url: str, pages: list[Page], browser_path: str, *, ca_file: str | None = None, timeout_ms: int = FIND_TIMEOUT_MS
+) -> list[float]:
+    """Load each page in one browser, wait until its text is visible, save a screenshot; the load times.
 
-    A page that never shows the run still gets its screenshot: it is the best clue to why.
+    A page that never shows its text still gets its screenshot: it is the best clue to why.
     ca_file: the CA an https page's certificate must chain to (besides the system's roots).
     """
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
+    seconds = []
     with sync_playwright() as pw, trusting_home(ca_file) as env:
         try:
             browser = pw.chromium.launch(executable_path=browser_path, headless=True, args=BROWSER_ARGS, env=env)
@@ -101,23 +131,27 @@ def open_and_find(
             raise CheckFailed(f"browser {browser_path} did not start: {_first_line(exc)}") from None
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
-            start = time.perf_counter()
-            try:
-                response = page.goto(page_url, wait_until="domcontentloaded", timeout=timeout_ms)
-            except PlaywrightError as exc:
-                raise CheckFailed(f"browser could not open {page_url}: {_first_line(exc)}") from None
-            if response is not None and not response.ok:
-                raise CheckFailed(f"{page_url} answered HTTP {response.status}")
-            try:
-                page.get_by_text(run_name, exact=True).first.wait_for(state="visible", timeout=timeout_ms)
-            except PlaywrightTimeout:
-                _save(page, screenshot)
-                raise CheckFailed(
-                    f"run {run_name} not shown on the experiment page within {timeout_ms // 1000} s "
-                    f"(see {screenshot.name})"
-                ) from None
-            seconds = time.perf_counter() - start
-            _save(page, screenshot)
+            for wanted in pages:
+                page_url = f"{url}/#{wanted.route}"
+                start = time.perf_counter()
+                try:
+                    response = page.goto(page_url, wait_until="domcontentloaded", timeout=timeout_ms)
+                except PlaywrightError as exc:
+                    raise CheckFailed(f"browser could not open {page_url}: {_first_line(exc)}") from None
+                if response is not None and not response.ok:
+                    raise CheckFailed(f"{page_url} answered HTTP {response.status}")
+                try:
+                    page.get_by_text(wanted.text, exact=wanted.exact).first.wait_for(
+                        state="visible", timeout=timeout_ms
+                    )
+                except PlaywrightTimeout:
+                    _save(page, wanted.screenshot)
+                    raise CheckFailed(
+                        f"{wanted.what} not shown on #{wanted.route} within {timeout_ms // 1000} s "
+                        f"(see {wanted.screenshot.name})"
+                    ) from None
+                seconds.append(time.perf_counter() - start)
+                _save(page, wanted.screenshot)
             return seconds
         finally:
             browser.close()

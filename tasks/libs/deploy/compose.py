@@ -101,7 +101,7 @@ def compose_files(settings: Settings, profile: str) -> dict[str, str]:
     return {
         "docker-compose.yaml": dump(_document(settings, server), header),
         ".env.example": env_example(secrets, profile),
-        "Dockerfile": dockerfile(profile),
+        "Dockerfile": dockerfile(profile, settings.deploy.base_image),
     }
 
 
@@ -232,7 +232,9 @@ def _postgres(settings: Settings, db: facts.Database, configs: dict[str, Any]) -
             "POSTGRES_PASSWORD": ref("postgres_password"),
         },
         "healthcheck": {
-            "test": ["CMD", "pg_isready", "-U", lit(db.user), "-d", lit(db.name)],
+            # Over TCP: while the image creates the database and runs docker-entrypoint-initdb.d, its
+            # temporary server listens on the Unix socket only, and a socket check passes too early.
+            "test": ["CMD", "pg_isready", "-h", "127.0.0.1", "-p", "5432", "-U", lit(db.user), "-d", lit(db.name)],
             "interval": "5s",
             "timeout": "5s",
             "retries": 12,

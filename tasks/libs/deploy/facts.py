@@ -69,6 +69,7 @@ def auth_ini(settings: Settings, placement: Placement) -> str:
         permission=auth.default_permission,
         database_uri=auth_database_uri(settings, placement),
         user=auth.admin_user,
+        grant=str(auth.grant_default_workspace_access).lower(),
     )
 
 

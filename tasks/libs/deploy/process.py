@@ -177,6 +177,8 @@ def gc_process(settings: Settings, placement: Placement, *, tracking_uri: str | 
     assert isinstance(store, str)
     # mlflow gc has no environment variable for its store: --backend-store-uri, without a password.
     argv = (*placement.executable, "gc", "--older-than", settings.deploy.gc.older_than, "--backend-store-uri", store)
+    if settings.server.workspaces:  # without it mlflow gc sees 'default' only (and refuses a store with others)
+        argv += ("--all-workspaces",)
     env: Env = {k: v for k, v in server.env.items() if k == "PGPASSWORD" or k.startswith(("AWS_", "MLFLOW_S3_"))}
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri

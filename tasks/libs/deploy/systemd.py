@@ -193,7 +193,7 @@ def server_unit(settings: Settings, profile: str, server: Process) -> str:
         *[f"# {'- ' if i == 0 else ''}{line}" for item in limits(settings) for i, line in enumerate(item.split("\n"))],
         "[Unit]",
         f"Description=MLflow tracking server ({settings.deploy.name}, profile {profile})",
-        "After=network-online.target",
+        f"After={' '.join(_after(settings))}",
         "Wants=network-online.target",
         "",
         "[Service]",
@@ -213,6 +213,19 @@ def server_unit(settings: Settings, profile: str, server: Process) -> str:
         "WantedBy=multi-user.target",
     ]
     return "\n".join(lines) + "\n"
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _after(settings: Settings) -> list[str]:
+    """A PostgreSQL on this very host starts before the server and stops after it. Without it, systemd
+    started and stopped both at once (seen under a real systemd: db upgrade's first connection raced
+    the cluster's start at boot, and PostgreSQL went down while the server still answered at
+    shutdown). Debian's postgresql.service is ordered after every postgresql@<version>-<cluster>."""
+    db = facts.database(settings)
+    local_db = db is not None and db.host in LOOPBACK
+    return ["network-online.target", *(["postgresql.service"] if local_db else [])]
 
 
 def _resources(settings: Settings) -> list[str]:

@@ -8,6 +8,11 @@ shown with artifact sizes; then `mlflow gc --older-than` runs over the whole sto
 it really removed is read back. With proxied artifacts (`mlflow-artifacts:/`, our layout) it
 needs a server: ours when it runs, else a temporary artifacts-only one on a free port.
 
+With workspaces (server.workspaces, or a store that holds anything outside 'default') the plan
+covers every workspace, as its SQL always did, and `mlflow gc` runs with --all-workspaces: without
+it, it sees 'default' only and refuses a store with other workspaces. The temporary artifacts-only
+server then runs with workspaces too, since gc names the workspace of every artifact it deletes.
+
 Orphan folders (inspect finds them) go only with --apply. The artifact folder is shared by the
 SQLite and the PostgreSQL store of a state dir, so a folder counts as an orphan only when
 neither store claims it; when the other store cannot be read, nothing is removed.
@@ -32,6 +37,7 @@ from tasks.libs.postgres.connection import check_reachable
 from tasks.libs.server.auth import client_env
 from tasks.libs.server.control import running_record
 from tasks.libs.server.sidecars import ArtifactsServer
+from tasks.libs.store.inspection import has_workspaces, workspace_names
 from tasks.libs.store.reader import StoreReader, open_store
 from tasks.libs.store.usage import artifact_sizes, local_artifact_path, tree_size
 
@@ -46,6 +52,7 @@ class Item:
     uri: str | None
     bytes: int = 0
     files: int = 0
+    workspace: str = "default"
 
 
 @dataclass
@@ -58,6 +65,7 @@ class GcResult:
     orphans_removed: list[dict] = field(default_factory=list)
     orphans_note: str = ""
     server: str = ""
+    workspaces: list[str] = field(default_factory=list)  # the store's, when it has workspaces in use
     steps: StepTable = field(default_factory=StepTable)
 
 
@@ -97,11 +105,33 @@ def plan(store: StoreReader, older_than_s: float, artifacts_dir: Path, *, now_ms
             )
         ]
     items += [Item("experiment", str(e), n or "", u) for e, n, u in experiments]
+    _name_workspaces(store, items)
     for item in items:
         path = _folder(item, artifacts_dir)
         if path is not None and path.is_dir():
             item.bytes, item.files = tree_size(path)
     return items
+
+
+def _name_workspaces(store: StoreReader, items: list[Item]) -> None:
+    if not has_workspaces(store):
+        return
+    of_experiment = {str(e): w for e, w in store.rows("SELECT experiment_id, workspace FROM experiments")}
+    of_run = dict(store.rows("SELECT r.run_uuid, e.workspace FROM runs r JOIN experiments e USING (experiment_id)"))
+    of_model: dict[str, str] = {}
+    if "logged_models" in store.tables():
+        of_model = dict(
+            store.rows("SELECT m.model_id, e.workspace FROM logged_models m JOIN experiments e USING (experiment_id)")
+        )
+    for item in items:
+        found = {"run": of_run, "experiment": of_experiment, "logged model": of_model}[item.kind].get(item.id)
+        item.workspace = found or item.workspace
+
+
+def workspaces_in_use(store: StoreReader) -> list[str]:
+    """The store's workspaces when anything lives outside 'default' (else [], and gc needs no workspace flag)."""
+    names = workspace_names(store)
+    return names if names != ["default"] else []
 
 
 def _folder(item: Item, artifacts_dir: Path) -> Path | None:
@@ -123,7 +153,10 @@ def collect(
     steps = result.steps
     with steps.step("plan by SQL (what mlflow gc would remove)") as row, open_store(uri) as store:
         result.items = plan(store, seconds, settings.artifacts_dir)
+        result.workspaces = workspaces_in_use(store)
         row.detail = f"{len(result.items)} item(s), {sum(i.bytes for i in result.items)} bytes of artifacts"
+        if result.workspaces:
+            row.detail += f" in {len(result.workspaces)} workspaces"
     if not dry_run and result.items:
         with Journal(settings, "gc", settings.backend, backend_store_uri(settings)) as journal:
             steps.journal = journal
@@ -152,6 +185,7 @@ def collect(
 def _run_gc(settings: Settings, result: GcResult, steps: StepTable) -> None:
     store_uri, env = store_uri_and_password_env(settings)
     proxied = any((i.uri or "").startswith("mlflow-artifacts:") for i in result.items)
+    every_workspace = settings.server.workspaces or bool(result.workspaces)
     helper: ArtifactsServer | None = None
     tracking = store_uri
     if proxied:
@@ -160,6 +194,7 @@ def _run_gc(settings: Settings, result: GcResult, steps: StepTable) -> None:
             tracking, result.server = ours.url, f"our server (pid {ours.pid})"
         else:
             helper_settings = settings.model_copy(deep=True)
+            helper_settings.server.workspaces = every_workspace
             helper_settings.server.host = "127.0.0.1"
             helper_settings.artifacts.artifacts_server.port = free_port()
             helper = ArtifactsServer(helper_settings, name=HELPER)
@@ -170,15 +205,16 @@ def _run_gc(settings: Settings, result: GcResult, steps: StepTable) -> None:
                 helper.start()
                 tracking, result.server = helper.url, f"a temporary artifacts-only server on {helper.url}"
                 row.detail = f"{time.monotonic() - began:.1f} s"
+    flags = ["--all-workspaces"] if every_workspace else []
     try:
         with steps.step(
-            f"mlflow gc --older-than {result.older_than}",
+            f"mlflow gc --older-than {result.older_than}{' --all-workspaces' if flags else ''}",
             if_interrupted="mlflow gc removes run by run, each in its own transaction: some are gone, the rest are not; run `inv db.gc` again",
         ) as row:
             child_env = {**env, "MLFLOW_TRACKING_URI": tracking, **client_env(settings)}
             run_mlflow(
                 installed(),
-                ["gc", "--backend-store-uri", store_uri, "--older-than", result.older_than],
+                ["gc", "--backend-store-uri", store_uri, "--older-than", result.older_than, *flags],
                 settings=settings,
                 env=child_env,
                 what="mlflow gc",

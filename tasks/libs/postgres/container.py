@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Callable
 
 import docker
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.errors import APIError, DockerException, NotFound
 
 from tasks.libs.core.credentials import postgres_password
 from tasks.libs.core.errors import UserError
@@ -17,7 +17,7 @@ from tasks.libs.postgres.connection import wait_for_database
 LABEL = "io.mlflow-ops.role"
 ROLE = "postgres"
 NO_ENGINE = (
-    "no Docker engine answers ({reason}); use the local provider instead: "
+    "no Docker engine answers ({reason}); `inv engine.start` starts one, or use the local provider instead: "
     "--provider local, or postgres.provider: local in config"
 )
 
@@ -42,6 +42,7 @@ class DockerPostgres:
         self._client_factory = client_factory or docker.from_env
         self._client = None
         self._database_ready = database_ready  # tests swap it: a fake engine serves no SQL
+        self.notes: list[str] = []
 
     def start(self) -> str:
         container = self._our_container()
@@ -57,7 +58,8 @@ class DockerPostgres:
                 what = "started (existing container)"
         self._wait_healthy(container)
         self._database_ready(self.settings, timeout=self.pg.start_timeout)
-        return f"PostgreSQL container {self.cfg.container} {what} on {self.pg.host}:{self.pg.port}"
+        notes = "".join(f"{note}\n" for note in self.notes)
+        return f"{notes}PostgreSQL container {self.cfg.container} {what} on {self.pg.host}:{self.pg.port}"
 
     def stop(self) -> str:
         container = self._our_container()
@@ -81,7 +83,7 @@ class DockerPostgres:
             "container": self.cfg.container,
             "status": container.status,
             "health": health,
-            "image": self.cfg.image,
+            "image": (container.attrs.get("Config") or {}).get("Image", self.cfg.image),
             "volume": self.cfg.volume,
             "address": f"{self.pg.host}:{self.pg.port}",
         }
@@ -127,10 +129,10 @@ class DockerPostgres:
         return container
 
     def _create(self):
-        self._ensure_image()
+        image = self._ensure_image()
         try:
             return self.client.containers.run(
-                self.cfg.image,
+                image,
                 name=self.cfg.container,
                 detach=True,
                 environment={
@@ -142,7 +144,8 @@ class DockerPostgres:
                 volumes={self.cfg.volume: {"bind": "/var/lib/postgresql/data", "mode": "rw"}},
                 labels={LABEL: ROLE},
                 healthcheck={
-                    "test": ["CMD-SHELL", f"pg_isready -U {self.pg.user} -d {self.pg.database}"],
+                    # TCP: the image's init server (database creation) listens on the socket only.
+                    "test": ["CMD-SHELL", f"pg_isready -h 127.0.0.1 -U {self.pg.user} -d {self.pg.database}"],
                     "interval": 1_000_000_000,
                     "timeout": 3_000_000_000,
                     "retries": 60,
@@ -153,17 +156,12 @@ class DockerPostgres:
                 return self._our_container()
             raise UserError(f"Docker could not create {self.cfg.container}: {exc.explanation or exc}") from None
 
-    def _ensure_image(self) -> None:
-        try:
-            self.client.images.get(self.cfg.image)
-        except ImageNotFound:
-            try:
-                self.client.images.pull(self.cfg.image)
-            except (ImageNotFound, NotFound, APIError) as exc:
-                raise UserError(
-                    f"image {self.cfg.image} is not here and could not be pulled "
-                    f"({_first_line(exc)}); set postgres.docker.image"
-                ) from None
+    def _ensure_image(self) -> str:
+        """postgres.docker.image when it is here or pulls; where no registry answers, the stand-in
+        built from Debian's PostgreSQL (engine.images.fallback)."""
+        from tasks.libs.engine.images import postgres_image
+
+        return postgres_image(self.settings, self.client, self.cfg.image, self.notes.append)
 
     def _wait_healthy(self, container) -> None:
         """Until Docker's health check says healthy; stop at once when it exits or turns unhealthy."""

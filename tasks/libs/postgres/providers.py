@@ -30,6 +30,10 @@ def provider_for(settings: Settings, *, docker_client_factory=None) -> Provider:
     from tasks.libs.postgres.container import DockerPostgres
     from tasks.libs.postgres.local import LocalPostgres
 
+    if docker_client_factory is None:  # the engine the tool uses: ours while it runs, else DOCKER_HOST
+        from tasks.libs.engine.daemon import client_factory
+
+        docker_client_factory = client_factory(settings)
     choice: str = settings.postgres.provider
     if choice == "auto":
         choice = remembered_provider(settings) or _detect(settings, docker_client_factory)

@@ -99,6 +99,9 @@ class Report(_Outcome):
     experiment_id: str | None = None
     run_id: str | None = None
     registered_model: str = ""
+    prompt: str = ""
+    workspace: str | None = None  # the checks' own workspace (a server with workspaces on)
+    trace_ids: list[str] = field(default_factory=list)
     report_dir: Path | None = None
     screenshot: Path | None = None
     checks: list[CheckResult] = field(default_factory=list)
@@ -114,13 +117,16 @@ class Report(_Outcome):
             f"Server: `{self.tracking_uri}`",
             f"Store: `{self.store}`" if self.store else "Store: not checked",
             f"Experiment: `{self.experiment_name}` (id {self.experiment_id}), run `{self.run_id}`",
-            f"Registered model: `{self.registered_model}`",
+            f"Registered model: `{self.registered_model}`, prompt `{self.prompt}`",
+            *([f"Traces: {', '.join(f'`{t}`' for t in self.trace_ids)}"] if self.trace_ids else []),
+            *([f"Workspace: `{self.workspace}`"] if self.workspace else []),
             f"Started {self.started_at}, finished {self.finished_at}",
         ]
 
     def properties(self) -> list[tuple[str, str]]:
         """JUnit <properties> (the screenshot is added by the writer, relative to the report)."""
-        return [("tracking_uri", self.tracking_uri), ("experiment", self.experiment_name)]
+        found = [("tracking_uri", self.tracking_uri), ("experiment", self.experiment_name)]
+        return found + ([("workspace", self.workspace)] if self.workspace else [])
 
 
 @dataclass

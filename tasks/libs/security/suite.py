@@ -21,6 +21,7 @@ from tasks.libs.security import probes_access as access
 from tasks.libs.security import probes_artifacts as artifacts
 from tasks.libs.security import probes_exposure as exposure
 from tasks.libs.security import probes_tls as tls
+from tasks.libs.security import probes_workspaces as workspaces
 from tasks.libs.security.target import Target, Unreachable
 from tasks.libs.security.versions import check_version
 
@@ -113,6 +114,12 @@ def all_probes() -> list[Probe]:
             tls.check_certificate,
             "the served certificate is in date, covers the URL's host and chains to the CA clients trust",
             http=False,
+        ),
+        Probe(
+            "workspace isolation",
+            workspaces.check_workspace_isolation,
+            "a user of one workspace can neither read nor write another workspace, nor 'default'",
+            writes=True,
         ),
     ]
 

@@ -19,6 +19,7 @@ default_permission = {permission}
 database_uri = {database_uri}
 admin_username = {user}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+grant_default_workspace_access = {grant}
 """
 
 
@@ -44,6 +45,7 @@ def auth_server_env(settings: Settings) -> dict[str, str]:
                 permission=auth.default_permission,
                 database_uri=f"sqlite:///{auth_dir / 'basic_auth.db'}",
                 user=auth.admin_user,
+                grant=str(auth.grant_default_workspace_access).lower(),
             )
         )
     _, password = admin_credentials(settings)

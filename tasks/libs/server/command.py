@@ -85,6 +85,8 @@ def server_command(settings: Settings, *, stock: bool = False, metrics_path: Pat
         cmd += ["--uvicorn-opts", opts]
     if cfg.auth.enabled:
         cmd += ["--app-name", "basic-auth"]
+    if cfg.workspaces:
+        cmd += ["--enable-workspaces"]
     return cmd
 
 

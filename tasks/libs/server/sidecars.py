@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tasks.libs.artifacts.location import artifact_root, artifacts_server_command, artifacts_server_url, s3_env
 from tasks.libs.artifacts.s3 import EmbeddedS3, embedded_s3_used, require_boto3
-from tasks.libs.core.credentials import known_secrets
+from tasks.libs.core.credentials import known_secrets, store_uri_and_password_env
 from tasks.libs.core.managed import Launch, Listener, ManagedProcess
 from tasks.libs.core.processes import ProcessRecord
 from tasks.libs.core.settings import Settings
@@ -118,6 +118,10 @@ class ArtifactsServer:
         }
         env.update(s3_env(self.settings))
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+        if self.settings.server.workspaces:
+            # --artifacts-only --enable-workspaces reads the workspaces from the tracking store (no password in it).
+            store_uri, password_env = store_uri_and_password_env(self.settings)
+            env.update(password_env, MLFLOW_WORKSPACE_STORE_URI=store_uri)
         launch = Launch(
             command=artifacts_server_command(self.settings),
             env=env,

@@ -114,6 +114,28 @@ def _schema(out: _Out, info: dict) -> None:
     )
 
 
+def _workspaces(out: _Out, info: dict) -> None:
+    if info.get("note"):
+        out.line(info["note"])
+        return
+    out.table(
+        [
+            [
+                w["workspace"] + ("" if w["in_workspaces_table"] else " (no workspaces row)"),
+                w["experiments"],
+                w["deleted_experiments"],
+                w["runs"],
+                w["traces"],
+                w["registered_models"],
+                w["model_versions"],
+                w["prompts"],
+            ]
+            for w in info["workspaces"]
+        ],
+        ["workspace", "experiments", "deleted", "runs", "traces", "registered models", "versions", "prompts"],
+    )
+
+
 def _integrity(out: _Out, info: dict) -> None:
     if info["orphans"]:
         out.table(
@@ -308,6 +330,7 @@ _WRITERS: dict[str, Callable[[_Out, Any], None]] = {
     "tables": _tables,
     "schema": _schema,
     "integrity": _integrity,
+    "workspaces": _workspaces,
     "runs": _runs,
     "metrics": _metrics,
     "registry": _registry,

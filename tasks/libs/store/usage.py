@@ -4,6 +4,8 @@ The server runs with --artifacts-destination <dir>, so a run's artifact_uri
 mlflow-artifacts:/<exp_id>/<run_id>/artifacts lives in <dir>/<exp_id>/<run_id>/artifacts.
 MLflow 3 also keeps logged models in <dir>/<exp_id>/models/<model_id> and trace data in
 <dir>/<exp_id>/traces/<trace_id>; those folders belong to logged_models and trace_info rows.
+With workspaces, an experiment of a workspace other than 'default' lives one level deeper, in
+<dir>/workspaces/<name>/<exp_id>: a folder on the way to an experiment's is no orphan.
 """
 
 from __future__ import annotations
@@ -97,8 +99,15 @@ def artifact_sizes(store: StoreReader, artifacts_dir: str | Path | None, *, limi
         path = local_artifact_path(loc, root)
         if path is not None:
             experiment_paths[path] = exp_id
+    # Folders between the root and an experiment's folder (workspaces/, workspaces/<name>/) are walked through.
+    on_the_way = {p for path in experiment_paths for p in path.parents if root in p.parents}
     per_experiment, orphans = [], []
-    for child in sorted(_subdirs(root)):
+    pending = sorted(_subdirs(root))
+    while pending:
+        child = pending.pop(0)
+        if child not in experiment_paths and child in on_the_way:
+            pending[:0] = sorted(_subdirs(child))
+            continue
         if child not in experiment_paths:
             size, files = tree_size(child)
             orphans.append({"path": str(child), "kind": "no experiment", "bytes": size, "files": files})

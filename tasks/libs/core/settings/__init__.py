@@ -1,7 +1,7 @@
 """The tool's configuration: layered YAML, environment and flags, validated into one Settings.
 
 One module per section (server, sqlite, postgres, artifacts, security, deploy, lifecycle,
-cluster, monitoring), the root model (model), the shared building blocks (base: StrictModel,
+cluster, monitoring, engine), the root model (model), the shared building blocks (base: StrictModel,
 Port, AbsolutePath, PROJECT_ROOT) and the loader that merges the layers (loader).
 """
 

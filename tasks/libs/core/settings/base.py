@@ -25,10 +25,11 @@ Port = Field(ge=1, le=65535)
 
 
 def _absolute(value: str) -> str:
-    if not os.path.isabs(value):
+    expanded = os.path.expanduser(value)
+    if not os.path.isabs(expanded):
         raise ValueError(f"{value!r} is relative; give an absolute path or leave it null")
-    return value
+    return expanded
 
 
-# A file or folder named in config: relative paths would depend on where `inv` runs.
+# A file or folder named in config, ~ expanded: relative paths would depend on where `inv` runs.
 AbsolutePath = Annotated[str, AfterValidator(_absolute)]

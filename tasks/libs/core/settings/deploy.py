@@ -44,6 +44,7 @@ class DeployHelmSettings(StrictModel):
 class DeploySettings(StrictModel):
     name: str = Field(pattern=r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
     image: str
+    base_image: str = Field(min_length=1)
     public_host: str | None
     replicas: int = Field(ge=1, le=100)
     max_connections: int | None = Field(ge=1)

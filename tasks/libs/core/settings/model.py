@@ -11,6 +11,7 @@ from tasks.libs.core.settings.artifacts import ArtifactsSettings
 from tasks.libs.core.settings.base import PROJECT_ROOT, StrictModel
 from tasks.libs.core.settings.cluster import ClusterSettings
 from tasks.libs.core.settings.deploy import DeploySettings
+from tasks.libs.core.settings.engine import EngineSettings
 from tasks.libs.core.settings.lifecycle import LifecycleSettings
 from tasks.libs.core.settings.monitoring import MonitoringSettings
 from tasks.libs.core.settings.postgres import PostgresSettings
@@ -31,6 +32,7 @@ class Settings(StrictModel):
     lifecycle: LifecycleSettings
     cluster: ClusterSettings
     monitoring: MonitoringSettings
+    engine: EngineSettings
 
     @model_validator(mode="after")
     def _no_port_twice(self) -> Settings:

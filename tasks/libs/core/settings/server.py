@@ -15,6 +15,7 @@ class AuthSettings(StrictModel):
     admin_user: str
     admin_password: SecretStr | None
     default_permission: Literal["READ", "EDIT", "MANAGE", "NO_PERMISSIONS"]
+    grant_default_workspace_access: bool
 
     @field_validator("admin_password")
     @classmethod
@@ -65,6 +66,7 @@ class ServerSettings(StrictModel):
     uvicorn_opts: str
     env: dict[str, str]
     metrics: bool
+    workspaces: bool
     auth: AuthSettings
     tls: TlsSettings
 

@@ -3,8 +3,9 @@
 `store_settings` points the configured settings at another store (a SQLite file, or another
 database on the same PostgreSQL) with a state dir of its own, a free port and no sign-in, so
 a scratch server never shares a pid file, a port or an artifact folder with the user's.
-`deployment_checks` starts `mlflow server` there (the house start_server), runs the deployment
-checks without the web UI (a browser costs more than it proves about a store) and stops it.
+`deployment_checks` starts `mlflow server` there (the house start_server), with workspaces on when
+the store has any in use, runs the deployment checks without the web UI (a browser costs more than
+it proves about a store) and stops it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from tasks.libs.core.processes import free_port
 from tasks.libs.core.settings import Settings
 from tasks.libs.core.tls import client_ca
 from tasks.libs.lifecycle.internals.journal import journal_dir
+from tasks.libs.lifecycle.internals.migrate_verify import workspaces_in_use
 from tasks.libs.lifecycle.internals.pgtools import pinned_password, with_database
 from tasks.libs.reporting.records import PASS, Report
 from tasks.libs.reporting.writers import write_reports
@@ -56,6 +58,11 @@ def deployment_checks(settings: Settings, report_dir: Path) -> Report:
     """
     if report_dir.exists():
         shutil.rmtree(report_dir, ignore_errors=True)
+    if not settings.server.workspaces and workspaces_in_use(backend_store_uri(settings, reveal=True)):
+        # MLflow refuses to serve a store with workspaces in use unless they are on; the checks then
+        # run in a workspace of their own, beside the store's.
+        settings = settings.model_copy(deep=True)
+        settings.server.workspaces = True
     try:
         start_server(settings)
     except UserError as exc:

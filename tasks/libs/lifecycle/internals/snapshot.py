@@ -21,8 +21,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-# Every row of these must survive an upgrade unchanged (tracking and registry tables).
+# Every row of these must survive an upgrade unchanged (tracking and registry tables, and the
+# workspaces with the workspace column of each root table).
 CORE_TABLES = (
+    "workspaces",
     "experiments",
     "experiment_tags",
     "runs",

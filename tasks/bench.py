@@ -11,7 +11,8 @@ from tasks.libs.bench import report as bench_report
 from tasks.libs.bench import scale_report
 from tasks.libs.bench.cluster import cluster_table, run_cluster_bench, write_cluster_outputs
 from tasks.libs.bench.runner import BACKENDS, run_bench, stderr_progress
-from tasks.libs.bench.scale import load_scale_spec, run_scale
+from tasks.libs.bench.scale import run_scale
+from tasks.libs.bench.scale_spec import load_scale_spec
 from tasks.libs.bench.workload import load_spec
 from tasks.libs.core.errors import UserError
 from tasks.libs.reporting.formats import table

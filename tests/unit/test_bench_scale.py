@@ -8,7 +8,8 @@ import pytest
 
 from tasks.libs.bench import scale_report
 from tasks.libs.bench.runner import Target
-from tasks.libs.bench.scale import COLUMNS, ScaleSpec, ScaleTarget, run_rows, scale_targets
+from tasks.libs.bench.scale_seed import COLUMNS, run_rows
+from tasks.libs.bench.scale_spec import ScaleSpec, ScaleTarget, scale_targets
 from tasks.libs.bench.stats import server_cpu_ms_per_call
 from tasks.libs.core.errors import UserError
 from tests.support.settings import make_settings

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import secrets
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,7 +151,3 @@ def _target(backend: str, name: str, direction: str, threshold: float, value: fl
 
 def _scale_key(scale: str) -> int:
     return int(scale.split(" ")[0].replace(",", ""))
-
-
-def median_or_nan(values: list[float]) -> float:
-    return statistics.median(values) if values else math.nan

@@ -17,7 +17,7 @@ from tasks.libs.checks.runner import CheckContext, describe_error
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.settings import Settings
 from tasks.libs.reporting.records import CheckFailed, CheckSkipped
-from tasks.libs.store.inspection import integrity, integrity_problems
+from tasks.libs.store.integrity import integrity, integrity_problems
 from tasks.libs.store.reader import UnsupportedStore, first_line, open_store
 from tasks.libs.store.usage import local_artifact_path
 

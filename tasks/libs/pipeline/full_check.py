@@ -46,7 +46,8 @@ from tasks.libs.security.suite import run_security, verdict
 from tasks.libs.security.target import target_from_settings
 from tasks.libs.server.auth import client_env
 from tasks.libs.server.control import start_server, stop_server
-from tasks.libs.store.inspection import inspect_store, integrity_problems, section_errors
+from tasks.libs.store.inspection import inspect_store, section_errors
+from tasks.libs.store.integrity import integrity_problems
 
 BACKENDS = ("postgres", "sqlite")
 

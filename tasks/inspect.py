@@ -8,13 +8,8 @@ from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
 from tasks.libs.artifacts.s3 import where_artifacts_are
 from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.errors import UserError
-from tasks.libs.store.inspection import (
-    DEFAULT_LIMIT,
-    DEFAULT_STALE_HOURS,
-    SECTIONS,
-    inspect_store,
-    section_errors,
-)
+from tasks.libs.store.inspection import DEFAULT_STALE_HOURS, SECTIONS, inspect_store, section_errors
+from tasks.libs.store.reader import DEFAULT_LIMIT
 from tasks.libs.store.report import FORMATS, render
 
 COMMON = {

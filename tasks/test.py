@@ -13,7 +13,8 @@ from invoke import task
 from invoke.exceptions import Exit
 
 from tasks.cli import CONFIG_HELP, PROFILE_HELP, settings_from, user_errors
-from tasks.libs.checks.runner import DEFAULT_BROWSER, run_checks
+from tasks.libs.checks.context import DEFAULT_BROWSER
+from tasks.libs.checks.runner import run_checks
 from tasks.libs.checks.storage import storage_arguments
 from tasks.libs.cluster.plan import lb_url
 from tasks.libs.core.credentials import backend_store_uri

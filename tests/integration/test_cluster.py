@@ -25,7 +25,7 @@ from tasks.libs.cluster.orchestrate import cluster_down, cluster_status, cluster
 from tasks.libs.cluster.pgbouncer import PgBouncer
 from tasks.libs.cluster.plan import replica_plans
 from tasks.libs.cluster.standby import Standby, with_standby
-from tasks.libs.core import tls
+from tasks.libs.core import certificates, tls
 from tasks.libs.core.processes import port_is_free
 from tasks.libs.monitoring.metrics import fetch_metrics, total_requests
 from tasks.libs.monitoring.prometheus import promtool_check
@@ -240,7 +240,7 @@ def test_the_load_balancer_answers_https_with_our_certificate_and_refuses_plain_
     raw = socket.create_connection(("127.0.0.1", settings.cluster.lb.port), timeout=10)
     with context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
         served = conn.getpeercert(binary_form=True)
-    assert served == tls.load_cert(tls.tls_files(settings).cert).public_bytes(Encoding.DER)
+    assert served == certificates.load_cert(tls.tls_files(settings).cert).public_bytes(Encoding.DER)
     # plain HTTP on the same port: the connection is closed without an HTTP answer
     plain = http.client.HTTPConnection("127.0.0.1", settings.cluster.lb.port, timeout=10)
     with pytest.raises((http.client.HTTPException, ConnectionError)):

@@ -11,7 +11,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from tasks import inspect as inspect_tasks
-from tasks.libs.store.inspection import SECTIONS, inspect_store, integrity
+from tasks.libs.store.inspection import SECTIONS, inspect_store
+from tasks.libs.store.integrity import integrity
 from tasks.libs.store.reader import open_store
 from tasks.libs.store.report import render
 from tests.support.store import (

@@ -16,7 +16,7 @@ from tasks.libs.lifecycle.internals.manifest import Manifest, verify_files
 from tasks.libs.lifecycle.internals.pgtools import table_counts
 from tasks.libs.lifecycle.internals.scratch import deployment_checks
 from tasks.libs.lifecycle.restore import restore_backup
-from tasks.libs.store.inspection import integrity, integrity_problems
+from tasks.libs.store.integrity import integrity, integrity_problems
 from tasks.libs.store.reader import open_store
 from tests.support.clients import Clients
 from tests.support.lifecycle import counts_and_revision, drop, pg_on, sha256, sqlite_in

@@ -18,7 +18,7 @@ import requests
 
 from tasks.libs.checks.runner import all_checks, run_checks
 from tasks.libs.checks.ui import Page, open_and_find
-from tasks.libs.core import tls
+from tasks.libs.core import certificates, tls
 from tasks.libs.core.settings import Settings, load_settings
 from tasks.libs.reporting.records import FAIL, PASS, CheckFailed
 from tasks.libs.security.suite import all_probes, run_security
@@ -105,9 +105,9 @@ def test_a_client_without_the_ca_is_refused(https_server, tmp_path, monkeypatch)
 def test_the_browser_refuses_a_certificate_its_ca_did_not_sign(https_server, tmp_path):
     if not (Path(CHROMIUM).is_file() and shutil.which("certutil")):
         pytest.skip("needs Chromium and certutil (inv deps)")
-    other, _ = tls.make_ca("another CA")
+    other, _ = certificates.make_ca("another CA")
     other_ca = tmp_path / "other-ca.crt"
-    other_ca.write_bytes(tls.cert_pem(other))
+    other_ca.write_bytes(certificates.cert_pem(other))
     with pytest.raises(CheckFailed, match="ERR_CERT_AUTHORITY_INVALID"):
         page = Page("/", "no-such-run", "run no-such-run", tmp_path / "shot.png")
         open_and_find(https_server.url, [page], CHROMIUM, ca_file=str(other_ca))
@@ -129,20 +129,20 @@ def _probe(url: str, ca: Path, name: str):
 
 
 def test_an_expired_a_wrong_host_or_a_foreign_certificate_fails_the_certificate_probe(tmp_path):
-    ca, ca_key = tls.make_ca("test CA")
+    ca, ca_key = certificates.make_ca("test CA")
     ca_file = tmp_path / "ca.crt"
-    ca_file.write_bytes(tls.cert_pem(ca))
-    past = tls._now() - dt.timedelta(days=30)
-    other, other_key = tls.make_ca("another CA")
+    ca_file.write_bytes(certificates.cert_pem(ca))
+    past = certificates.utc_now() - dt.timedelta(days=30)
+    other, other_key = certificates.make_ca("another CA")
     cases = {
-        "good": (tls.issue(ca, ca_key, ["localhost", "127.0.0.1"]), PASS, "verified with"),
-        "expired": (tls.issue(ca, ca_key, ["127.0.0.1"], days=10, not_before=past), FAIL, "expired on"),
+        "good": (certificates.issue(ca, ca_key, ["localhost", "127.0.0.1"]), PASS, "verified with"),
+        "expired": (certificates.issue(ca, ca_key, ["127.0.0.1"], days=10, not_before=past), FAIL, "expired on"),
         "wrong host": (
-            tls.issue(ca, ca_key, ["mlflow.example.com"]),
+            certificates.issue(ca, ca_key, ["mlflow.example.com"]),
             FAIL,
             "made for mlflow.example.com, not 127.0.0.1",
         ),
-        "foreign CA": (tls.issue(other, other_key, ["127.0.0.1"]), FAIL, "not accepted by a client trusting"),
+        "foreign CA": (certificates.issue(other, other_key, ["127.0.0.1"]), FAIL, "not accepted by a client trusting"),
     }
     for case, ((cert, key), status, reason) in cases.items():
         with serving(cert, key) as port:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from tasks.libs.core import tls
+from tasks.libs.core import certificates
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
@@ -28,12 +28,12 @@ class _Health(http.server.BaseHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def https_server(cert: x509.Certificate, key: tls.Key) -> Iterator[int]:
+def https_server(cert: x509.Certificate, key: certificates.Key) -> Iterator[int]:
     """An HTTPS server (Python's ssl module: OpenSSL) on a free loopback port presenting cert; its port."""
     with tempfile.TemporaryDirectory(prefix="mlflow-ops-tls-") as folder:
         cert_file, key_file = Path(folder) / "cert.pem", Path(folder) / "key.pem"
-        cert_file.write_bytes(tls.cert_pem(cert))
-        tls.write_file(key_file, tls.key_pem(key), 0o600)
+        cert_file.write_bytes(certificates.cert_pem(cert))
+        certificates.write_file(key_file, certificates.key_pem(key), 0o600)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert_file, key_file)
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)

@@ -13,7 +13,8 @@ import pytest
 from invoke import Context
 from invoke.exceptions import Exit
 
-from tasks.libs.checks.runner import CLIENT_ENV, Check, describe_error, run_checks
+from tasks.libs.checks.failures import describe_error
+from tasks.libs.checks.runner import CLIENT_ENV, Check, run_checks
 from tasks.libs.checks.storage import check_database
 from tasks.libs.checks.ui import usable_browser
 from tasks.libs.core.processes import free_port

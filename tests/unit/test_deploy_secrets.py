@@ -118,6 +118,8 @@ def test_tls_files_are_written_only_with_write_secrets_and_the_key_is_private(fm
         return
     assert stat.S_IMODE((written.out / "tls" / "server.key").stat().st_mode) == 0o600
     assert (written.out / "tls" / "ca.crt").read_text().startswith("-----BEGIN CERTIFICATE-----")
-    from tasks.libs.core import tls
+    from tasks.libs.core import certificates
 
-    assert tls.covers(tls.load_cert(written.out / "tls" / "server.crt"), "mlflow.example.com")  # deploy.public_host
+    assert certificates.covers(
+        certificates.load_cert(written.out / "tls" / "server.crt"), "mlflow.example.com"
+    )  # deploy.public_host

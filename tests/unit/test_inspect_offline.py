@@ -14,7 +14,8 @@ from invoke.exceptions import Exit
 from tasks import inspect as inspect_tasks
 from tasks.libs.core.databases import sqlite_journal_mode
 from tasks.libs.core.processes import free_port
-from tasks.libs.store.inspection import inspect_store, integrity, schema_revision
+from tasks.libs.store.inspection import inspect_store, schema_revision
+from tasks.libs.store.integrity import integrity
 from tasks.libs.store.reader import open_store
 from tasks.libs.store.report import render
 from tests.support.store import inspect_error

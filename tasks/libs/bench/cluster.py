@@ -23,8 +23,9 @@ from typing import Any
 import psutil
 from pydantic import SecretStr
 
+from tasks.libs.bench.clients import ClientPool, prepare_experiments, run_workload
 from tasks.libs.bench.stats import cell_stats, ratio
-from tasks.libs.bench.workload import OPS, ClientPool, WorkloadSpec, prepare_experiments, run_workload
+from tasks.libs.bench.workload import OPS, WorkloadSpec
 from tasks.libs.cluster.haproxy import Haproxy
 from tasks.libs.cluster.orchestrate import cluster_down, cluster_up
 from tasks.libs.cluster.plan import lb_url, replica_plans

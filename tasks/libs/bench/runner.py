@@ -27,6 +27,7 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from tasks.libs.bench import raw as bench_raw
+from tasks.libs.bench.clients import ClientPool, prepare_experiments, run_workload
 from tasks.libs.bench.footprint import Footprint, PeakSampler, measure_startups
 from tasks.libs.bench.stats import (
     cell_stats,
@@ -35,14 +36,7 @@ from tasks.libs.bench.stats import (
     footprint_stats,
     mlflow_vs_raw,
 )
-from tasks.libs.bench.workload import (
-    OPS,
-    ROWS_PER_CALL,
-    ClientPool,
-    WorkloadSpec,
-    prepare_experiments,
-    run_workload,
-)
+from tasks.libs.bench.workload import OPS, ROWS_PER_CALL, WorkloadSpec
 from tasks.libs.core.credentials import backend_store_uri
 from tasks.libs.core.databases import sqlite_journal_mode
 from tasks.libs.core.errors import UserError

@@ -22,7 +22,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from tasks.libs.checks.runner import CheckContext, describe_error
+from tasks.libs.checks.context import CheckContext
+from tasks.libs.checks.failures import describe_error
 from tasks.libs.reporting.records import CheckFailed
 
 OTLP_PATH = "/v1/traces"

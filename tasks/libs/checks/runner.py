@@ -20,19 +20,21 @@ import contextlib
 import datetime as dt
 import logging
 import os
-import re
 import secrets as _secrets
 import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import requests
 
+from tasks.libs.checks.cleanup import cleanup_check_objects
+from tasks.libs.checks.context import DEFAULT_BROWSER, CheckContext
+from tasks.libs.checks.failures import describe_error
 from tasks.libs.core.redact import redact
 from tasks.libs.core.tls import CERT_PATH_ENV
 from tasks.libs.reporting import formats
@@ -43,12 +45,10 @@ from tasks.libs.reporting.records import (
     CheckFailed,
     CheckResult,
     CheckSkipped,
-    Latency,
     Report,
 )
 
 NAME_PREFIX = "mlflow-ops-check"
-DEFAULT_BROWSER = "/usr/bin/chromium"
 
 # For the duration of a run: a dead server fails fast instead of retrying for minutes,
 # printing run URLs to stdout is off, and the model this run just logged may be loaded.
@@ -63,45 +63,6 @@ CLIENT_ENV = {
     "MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "false",
 }
 SERVER_INFO = "/api/3.0/mlflow/server-info"
-
-
-@dataclass
-class CheckContext:
-    """What the checks share: the client, the names they create and what earlier checks made."""
-
-    url: str
-    client: Any  # mlflow.MlflowClient
-    work_dir: Path
-    report_dir: Path
-    experiment_name: str
-    run_name: str
-    model_name: str
-    store_uri: str | None = None
-    store_skip_reason: str | None = None
-    artifacts_dir: Path | None = None
-    bucket: Any = None  # tasks.libs.artifacts.s3.BucketView when artifacts live in S3
-    browser: str | None = DEFAULT_BROWSER
-    ca_file: str | None = None  # the CA an https server's certificate is verified with (None: system store)
-    workspace: str | None = None  # the checks' own workspace, when the server has workspaces on
-    otlp_url: str | None = None  # where OTLP exporters reach the server, when not at url
-    prompt_name: str = ""
-    trace_name: str = ""  # the SDK trace's input and tag
-    trace_ids: list[str] = field(default_factory=list)
-    passed: set[str] = field(default_factory=set)  # the checks that passed so far
-    experiment_id: str | None = None
-    run_id: str | None = None
-    model_info: Any = None
-    screenshot: Path | None = None
-    latencies: list[Latency] = field(default_factory=list)
-
-    @contextlib.contextmanager
-    def timed(self, kind: str, label: str) -> Iterator[None]:
-        """Record how long the enclosed call took against the budget for kind."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.latencies.append(Latency(kind, label, time.perf_counter() - start))
 
 
 @dataclass
@@ -250,138 +211,6 @@ def _finish_run(ctx: CheckContext) -> None:
     with contextlib.suppress(Exception):
         if ctx.client.get_run(ctx.run_id).info.status == "RUNNING":
             ctx.client.set_terminated(ctx.run_id)
-
-
-def describe_error(exc: BaseException, url: str) -> str:
-    """One line for an exception from the client: what went wrong, without a wall of retries."""
-    text = f"{type(exc).__name__}: {exc}" if not _is_mlflow_error(exc) else str(exc)
-    # SQLAlchemy errors relayed by the server carry the whole statement; the cause is before it.
-    text = re.sub(r"\s*\[SQL:.*", "", text, flags=re.DOTALL)
-    text = re.sub(r"\s*\(Background on this error at:.*", "", text, flags=re.DOTALL)
-    low = text.lower()
-    if "certificate verify failed" in low or "sslcertverificationerror" in low:
-        why = re.search(r"certificate verify failed: ([^(\)'\"]+)", text)
-        return (
-            f"the certificate of {url} was not accepted ({why.group(1).strip() if why else 'verify failed'}); "
-            f"give the CA that signed it (--ca FILE or {CERT_PATH_ENV})"
-        )
-    if "wrong version number" in low or "record layer failure" in low:
-        return f"TLS to {url} failed: the server speaks plain HTTP there (use http://) or another protocol"
-    if "sqlalchemy" in low or re.search(r"\((sqlite3|psycopg2?)[.\w]*\)", text):
-        return f"the server's database failed: {text.split(': ', 1)[-1] if text.startswith(('BAD_REQUEST', 'INTERNAL_ERROR')) else text}"
-    if "connection refused" in low or "failed to establish a new connection" in low:
-        return f"no server answers at {url} (connection refused)"
-    if "read timed out" in low or "timed out" in low:
-        return f"the server at {url} did not answer in time ({text.splitlines()[0][:160]})"
-    if "connection aborted" in low or "remotedisconnected" in low or "connection reset" in low:
-        return f"the server at {url} dropped the connection mid-request"
-    status = re.search(r"too many (\d{3}) error responses", text)
-    if status:
-        endpoint = re.search(r"API request to (\S+) failed", text)
-        path = urlsplit(endpoint.group(1)).path if endpoint else "a request"
-        return f"the server answered HTTP {status.group(1)} to {path}"
-    first = " ".join(text.split())
-    return first if len(first) <= 400 else first[:397] + "..."
-
-
-def _is_mlflow_error(exc: BaseException) -> bool:
-    return type(exc).__module__.startswith("mlflow")
-
-
-def probe_health(url: str, timeout: float = 5.0) -> None:
-    """Raise CheckFailed unless GET /health answers 200 (a fast, clear answer for a dead server)."""
-    try:
-        response = requests.get(f"{url}/health", timeout=timeout, verify=tls_verify())
-    except requests.ConnectionError as exc:
-        raise CheckFailed(describe_error(exc, url)) from None
-    except requests.Timeout:
-        raise CheckFailed(f"the server at {url} did not answer /health within {timeout:g} s") from None
-    if response.status_code != 200:
-        raise CheckFailed(f"{url}/health answered HTTP {response.status_code}: {response.text[:120]!r}")
-
-
-def server_is_up(url: str) -> bool:
-    try:
-        return requests.get(f"{url}/health", timeout=5, verify=tls_verify()).status_code == 200
-    except requests.RequestException:
-        return False
-
-
-def tls_verify() -> str | bool:
-    """requests' verify for the server under check: the CA the run set (client_environment), or the
-    system's trust store; never off."""
-    return os.environ.get(CERT_PATH_ENV) or True
-
-
-def upload_failure(what: str, exc: Exception, url: str) -> CheckFailed:
-    """Why an artifact upload failed; a server that still answers /health could not store it."""
-    reason = f"{what} failed: {describe_error(exc, url)}"
-    # A server that cannot write answers 500, or resets the connection before reading a larger body.
-    refused = re.search(r"HTTP 5\d\d to /api/2.0/mlflow-artifacts/", reason) or "dropped the connection" in reason
-    if refused and server_is_up(url):
-        reason += (
-            "; the server is still up, so it could not store the file: check that its artifact destination "
-            "exists and is writable (the server log has the details)"
-        )
-    return CheckFailed(reason)
-
-
-def cleanup_check_objects(ctx: CheckContext) -> str:
-    """Delete what this run created: traces, the prompt, the registered model and the experiment;
-    in a workspace of its own, the workspace with everything in it (its artifacts first)."""
-    from mlflow.exceptions import MlflowException
-
-    if ctx.experiment_id is None:
-        if ctx.workspace and _delete_workspace(ctx):
-            return f"deleted workspace {ctx.workspace} (no experiment was created)"
-        raise CheckSkipped("nothing to clean up: no experiment was created")
-    if ctx.workspace:
-        return _delete_workspace_and_artifacts(ctx)
-    done = []
-    if ctx.trace_ids:
-        deleted = ctx.client.delete_traces(ctx.experiment_id, trace_ids=ctx.trace_ids)
-        done.append(f"{deleted} trace(s)")
-    for what, delete in (
-        (f"prompt {ctx.prompt_name}", lambda: ctx.client.delete_prompt(ctx.prompt_name)),
-        (f"registered model {ctx.model_name}", lambda: ctx.client.delete_registered_model(ctx.model_name)),
-    ):
-        try:
-            delete()
-            done.append(what)
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
-    ctx.client.delete_experiment(ctx.experiment_id)
-    done.append(f"experiment {ctx.experiment_name} (soft delete; `mlflow gc` purges it)")
-    return "deleted " + ", ".join(done)
-
-
-def _delete_workspace_and_artifacts(ctx: CheckContext) -> str:
-    """MLflow's CASCADE deletes the workspace's rows, not its artifacts: those go first, through the server."""
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-    location = ctx.client.get_experiment(ctx.experiment_id).artifact_location.rstrip("/")
-    folder = location.rsplit("/", 1)[0]  # <root>/workspaces/<name>/<experiment id>: the workspace's whole folder
-    if not folder.endswith(f"/workspaces/{ctx.workspace}"):
-        folder = location
-    get_artifact_repository(folder).delete_artifacts()
-    _delete_workspace(ctx)
-    return (
-        f"deleted workspace {ctx.workspace} with everything in it (experiment, run, models, traces, prompt: "
-        f"MLflow's CASCADE deletes the rows), after its artifacts at {folder}"
-    )
-
-
-def _delete_workspace(ctx: CheckContext) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        ctx.client.delete_workspace(ctx.workspace, mode="CASCADE")
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return False
-        raise
-    return True
 
 
 def workspaces_enabled(url: str, timeout: float = 5.0, verify: str | bool = True) -> bool:

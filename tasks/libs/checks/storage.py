@@ -13,11 +13,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tasks.libs.artifacts.location import client_s3_env
 from tasks.libs.artifacts.s3 import BucketView, where_artifacts_are
-from tasks.libs.checks.runner import CheckContext, describe_error
+from tasks.libs.checks.context import CheckContext
+from tasks.libs.checks.failures import describe_error
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.settings import Settings
 from tasks.libs.reporting.records import CheckFailed, CheckSkipped
-from tasks.libs.store.inspection import integrity, integrity_problems
+from tasks.libs.store.integrity import integrity, integrity_problems
 from tasks.libs.store.reader import UnsupportedStore, first_line, open_store
 from tasks.libs.store.usage import local_artifact_path
 

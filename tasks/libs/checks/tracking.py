@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from tasks.libs.checks.runner import CheckContext, probe_health, upload_failure
+from tasks.libs.checks.context import CheckContext
+from tasks.libs.checks.failures import probe_health, upload_failure
 from tasks.libs.reporting.records import CheckFailed
 
 PARAMS = {"learning_rate": "0.01", "batch_size": "32", "epochs": "5", "model_type": "logistic_regression"}

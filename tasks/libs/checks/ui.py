@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from tasks.libs.checks.runner import CheckContext
+from tasks.libs.checks.context import CheckContext
 from tasks.libs.reporting.records import CheckFailed, CheckSkipped, Latency
 
 BROWSER_ARGS = [

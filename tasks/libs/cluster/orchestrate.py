@@ -41,10 +41,11 @@ from tasks.libs.cluster.replicas import (
     worst_case_connections,
 )
 from tasks.libs.cluster.standby import Standby
+from tasks.libs.core.certificates import fingerprint
 from tasks.libs.core.errors import UserError
 from tasks.libs.core.programs import require_module, require_program
 from tasks.libs.core.settings import Settings
-from tasks.libs.core.tls import client_ca, cluster_tls, ensure_tls, fingerprint, haproxy_pem
+from tasks.libs.core.tls import client_ca, cluster_tls, ensure_tls, haproxy_pem
 from tasks.libs.monitoring.exporter import PostgresExporter
 from tasks.libs.monitoring.prometheus import PrometheusFiles, ScrapeTargets, write_prometheus_files
 from tasks.libs.postgres.connection import check_reachable, pg_connection

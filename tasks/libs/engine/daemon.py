@@ -14,7 +14,8 @@ networks, and image builds use the host's network; containers themselves have no
 dockerd runs as a ManagedProcess (core.managed): a process group we start, wait for and stop.
 Stopping ours removes its containers and networks first (volumes and images stay in the data
 root), then dockerd, then whatever a dead dockerd left behind: its containerd, the shims and
-container processes named by its exec root, mounts under its folders, its bridges.
+container processes named by its exec root, mounts under its folders (leftovers.py), its bridges
+(bridge.py, which also makes ours).
 """
 
 from __future__ import annotations
@@ -22,11 +23,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import ipaddress
-import json
 import os
 import signal
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +39,8 @@ from tasks.libs.core.processes import ProcessRecord, stop_group
 from tasks.libs.core.programs import find_program
 from tasks.libs.core.settings import Settings
 from tasks.libs.core.waits import wait_until
+from tasks.libs.engine.bridge import bridges_in, delete_link, link_exists, make_bridge
+from tasks.libs.engine.leftovers import kill_exec_root_processes, unmount_under
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
 API_TIMEOUT = 120
@@ -224,7 +224,7 @@ def _start_ours(settings: Settings, say: Callable[[str], None]) -> EngineInfo:
     sock = socket_path(settings)
     if sock.exists():
         sock.unlink()  # a socket file left by a dead dockerd of ours
-    bridge, gateway, block = _make_bridge(settings)
+    bridge, gateway, block = make_bridge(bridge_name(settings), settings.engine.network)
     exec_root = _exec_root(settings)
     command = [
         dockerd,
@@ -260,7 +260,7 @@ def _start_ours(settings: Settings, say: Callable[[str], None]) -> EngineInfo:
     try:
         record = managed(settings).start(launch)
     except UserError:
-        _delete_link(bridge)
+        delete_link(bridge)
         raise
     say(f"started a private Docker engine (pid {record.pid}), bridge {bridge} {gateway}, data in {folder / 'data'}")
     return EngineInfo(f"unix://{sock}", True, record)
@@ -274,70 +274,6 @@ def _exec_root(settings: Settings) -> str:
         return str(path)
     digest = hashlib.sha256(str(engine_dir(settings).resolve()).encode()).hexdigest()[:12]
     return f"/run/mlflow-ops-engine-{digest}"
-
-
-# --- network plumbing -----------------------------------------------------------------
-
-
-def _routes() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    out = subprocess.run(["ip", "-4", "-j", "route", "show", "table", "all"], capture_output=True, text=True)
-    nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    for route in json.loads(out.stdout or "[]"):
-        dst = route.get("dst", "")
-        if dst in ("default", "") or ":" in dst:
-            continue
-        with contextlib.suppress(ValueError):
-            nets.append(ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False))
-    return nets
-
-
-def _link_exists(name: str) -> bool:
-    return subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0
-
-
-def _ip(*args: str) -> None:
-    done = subprocess.run(["ip", *args], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise UserError(f"`ip {' '.join(args)}` failed: {done.stderr.strip()}")
-
-
-def _make_bridge(settings: Settings) -> tuple[str, str, str]:
-    """Our bridge on the first free /20 of engine.network: (name, gateway/24, block)."""
-    name = bridge_name(settings)
-    if _link_exists(name):
-        _delete_link(name)  # ours (the name is derived from our dir), left by a dead engine
-    taken = _routes()
-    for block in ipaddress.IPv4Network(settings.engine.network).subnets(new_prefix=20):
-        if any(block.overlaps(net) for net in taken):
-            continue
-        first: ipaddress.IPv4Network = next(iter(block.subnets(new_prefix=24)))
-        gateway = f"{first.network_address + 1}/24"
-        _ip("link", "add", "name", name, "type", "bridge")
-        try:
-            _ip("addr", "add", gateway, "dev", name)
-            _ip("link", "set", name, "up")
-        except UserError:
-            _delete_link(name)
-            raise
-        return name, gateway, str(block)
-    raise UserError(f"no free /20 left in engine.network {settings.engine.network}; pick another range")
-
-
-def _delete_link(name: str) -> None:
-    subprocess.run(["ip", "link", "delete", name], capture_output=True)
-
-
-def _bridges_in(block: str) -> list[str]:
-    """Bridges (ours or Compose networks' br-*) holding an address inside our block."""
-    out = subprocess.run(["ip", "-4", "-j", "addr", "show", "type", "bridge"], capture_output=True, text=True)
-    net = ipaddress.ip_network(block)
-    found = []
-    for link in json.loads(out.stdout or "[]"):
-        for addr in link.get("addr_info", []):
-            with contextlib.suppress(ValueError):
-                if ipaddress.ip_address(addr["local"]) in net:
-                    found.append(link["ifname"])
-    return sorted(set(found))
 
 
 # --- stop -----------------------------------------------------------------------------
@@ -405,13 +341,13 @@ def _clean_leftovers(settings: Settings, record: EngineRecord, say: Callable[[st
     if _group_alive(record):
         stop_group(record.pgid, grace=5)
     exec_root = record.exec_root or _exec_root(settings)
-    killed = _kill_exec_root_processes(exec_root)
-    unmounted = _unmount_under([engine_dir(settings), Path(exec_root)])
-    links = [record.bridge] if record.bridge and _link_exists(record.bridge) else []
+    killed = kill_exec_root_processes(exec_root)
+    unmounted = unmount_under([engine_dir(settings), Path(exec_root)])
+    links = [record.bridge] if record.bridge and link_exists(record.bridge) else []
     if record.block:
-        links += [b for b in _bridges_in(record.block) if b not in links]
+        links += [b for b in bridges_in(record.block) if b not in links]
     for link in links:
-        _delete_link(link)
+        delete_link(link)
     (engine_dir(settings) / "engine.pid").unlink(missing_ok=True)
     (engine_dir(settings) / "dockerd.pid").unlink(missing_ok=True)
     with contextlib.suppress(FileNotFoundError):
@@ -431,39 +367,6 @@ def _zombie(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-def _kill_exec_root_processes(exec_root: str) -> int:
-    """Shims started by our containerd name its socket (under our exec root) on their command
-    line; each container's init pid is in a file under our exec root. Both are ours by identity."""
-    victims: set[int] = set()
-    for pid_file in Path(exec_root).glob("containerd/daemon/io.containerd.runtime.v2.task/*/*/init.pid"):
-        with contextlib.suppress(OSError, ValueError):
-            victims.add(int(pid_file.read_text().strip()))
-    marker = f"{exec_root}/containerd/"
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        with contextlib.suppress(psutil.Error):
-            if any(marker in part for part in proc.info["cmdline"] or []):
-                victims.add(proc.info["pid"])
-    killed = 0
-    for pid in victims:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-            killed += 1
-    return killed
-
-
-def _unmount_under(folders: list[Path]) -> int:
-    roots = [str(f.resolve()) for f in folders]
-    mounts = []
-    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as fh:
-        for line in fh:
-            point = line.split()[4].replace("\\040", " ")
-            if any(point == root or point.startswith(root + "/") for root in roots):
-                mounts.append(point)
-    for point in sorted(mounts, key=len, reverse=True):
-        subprocess.run(["umount", "--lazy", point], capture_output=True)
-    return len(mounts)
 
 
 # --- status ---------------------------------------------------------------------------

@@ -37,9 +37,9 @@ from tasks.libs.postgres.connection import check_reachable
 from tasks.libs.server.auth import client_env
 from tasks.libs.server.control import running_record
 from tasks.libs.server.sidecars import ArtifactsServer
-from tasks.libs.store.inspection import has_workspaces, workspace_names
 from tasks.libs.store.reader import StoreReader, open_store
 from tasks.libs.store.usage import artifact_sizes, local_artifact_path, tree_size
+from tasks.libs.store.workspaces import has_workspaces, workspace_names
 
 HELPER = "gc-artifacts"
 

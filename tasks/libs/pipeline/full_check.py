@@ -18,12 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tasks.libs.artifacts.s3 import where_artifacts_are
-from tasks.libs.bench.workload import (
-    ClientPool,
-    load_spec,
-    prepare_experiments,
-    run_workload,
-)
+from tasks.libs.bench.clients import ClientPool, prepare_experiments, run_workload
+from tasks.libs.bench.workload import load_spec
 from tasks.libs.checks.runner import run_checks
 from tasks.libs.checks.storage import storage_arguments
 from tasks.libs.cluster.orchestrate import cluster_down
@@ -46,7 +42,8 @@ from tasks.libs.security.suite import run_security, verdict
 from tasks.libs.security.target import target_from_settings
 from tasks.libs.server.auth import client_env
 from tasks.libs.server.control import start_server, stop_server
-from tasks.libs.store.inspection import inspect_store, integrity_problems, section_errors
+from tasks.libs.store.inspection import inspect_store, section_errors
+from tasks.libs.store.integrity import integrity_problems
 
 BACKENDS = ("postgres", "sqlite")
 

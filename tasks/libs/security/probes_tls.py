@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from tasks.libs.core.certificates import cert_names, covers, date_problem
 from tasks.libs.core.processes import group_members
-from tasks.libs.core.tls import cert_names, covers, date_problem
 from tasks.libs.reporting.records import CheckFailed, CheckSkipped
 from tasks.libs.security.probes_exposure import _listening
 from tasks.libs.security.target import Target, is_loopback

@@ -1,7 +1,8 @@
 """What is inside an MLflow store: one function per section, each returning plain data.
 
 Every function takes a StoreReader (see reader.open_store); `inspect_store` opens the store
-read-only and gathers the sections asked for. Artifact sizes live in artifacts.py.
+read-only and gathers the sections asked for. Integrity lives in integrity.py, workspaces in
+workspaces.py, artifact sizes in usage.py.
 """
 
 from __future__ import annotations
@@ -15,22 +16,15 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from tasks.libs.artifacts.s3 import BucketView
 from tasks.libs.core.databases import sqlite_journal_mode
-from tasks.libs.store.reader import (
-    ForeignKey,
-    StoreReader,
-    file_size,
-    first_line,
-    open_store,
-)
+from tasks.libs.store.integrity import integrity
+from tasks.libs.store.reader import DEFAULT_LIMIT, StoreReader, file_size, first_line, open_store
 from tasks.libs.store.revisions import is_known, tracking_scripts
 from tasks.libs.store.usage import artifact_sizes, bucket_sizes
+from tasks.libs.store.workspaces import workspace_counts
 
 SECTIONS = ("tables", "schema", "integrity", "workspaces", "runs", "metrics", "registry", "sizes")
-DEFAULT_WORKSPACE = "default"
-PROMPT_TAG = "mlflow.prompt.is_prompt"  # a registered model with this tag 'true' is a prompt
 RUN_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
 DEFAULT_STALE_HOURS = 24.0
-DEFAULT_LIMIT = 50
 
 
 def inspect_store(
@@ -161,139 +155,6 @@ def schema_revision(store: StoreReader) -> dict[str, Any]:
             advice=f"written by a newer MLflow than {mlflow.__version__}; upgrade MLflow, do not downgrade the store",
         )
     return info
-
-
-# --- integrity -------------------------------------------------------------------------
-
-
-def integrity(store: StoreReader, *, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
-    """Foreign-key orphans per relationship; SQLite runs PRAGMA integrity_check, PostgreSQL lists
-    foreign keys never validated (added NOT VALID) and invalid indexes."""
-    keys = store.foreign_keys()
-    tables = {t.lower() for t in store.tables()}  # SQLite names are case-insensitive
-    orphans = [entry for fk in keys if (entry := _orphans(store, fk, parent_exists=fk.parent.lower() in tables))]
-    check = [r[0] for r in store.rows(f"PRAGMA integrity_check({int(limit)})")] if store.dialect == "sqlite" else None
-    return {
-        "relationships_checked": len(keys),
-        "orphans": orphans,
-        "orphan_rows": sum(o["rows"] for o in orphans),
-        "integrity_check": None if check is None else ("ok" if check == ["ok"] else check),
-        "unvalidated_foreign_keys": store.unvalidated_foreign_keys(),
-        "invalid_indexes": store.invalid_indexes(),
-    }
-
-
-def integrity_problems(found: dict[str, Any]) -> list[str]:
-    """What integrity() found wrong, one phrase each (empty: the store is sound)."""
-    problems = []
-    check = found["integrity_check"]
-    if check not in (None, "ok"):
-        problems.append(f"integrity_check reports {'; '.join(check[:3])}")
-    if found["orphans"]:
-        counts = sorted(f"{o['table']} -> {o['parent']}{_constraint(o['name'])}: {o['rows']}" for o in found["orphans"])
-        problems.append(f"rows whose foreign key points nowhere: {', '.join(counts)}")
-    if found.get("unvalidated_foreign_keys"):
-        problems.append(f"foreign keys not validated: {', '.join(found['unvalidated_foreign_keys'])}")
-    if found.get("invalid_indexes"):
-        problems.append(f"invalid indexes: {', '.join(found['invalid_indexes'])}")
-    return problems
-
-
-def _constraint(name: str) -> str:
-    return f" ({name})" if name else ""
-
-
-def _orphans(store: StoreReader, fk: ForeignKey, *, parent_exists: bool = True) -> dict[str, Any] | None:
-    """One anti-join per foreign key (MATCH SIMPLE: a row with a NULL key is no orphan).
-
-    SQLite lets a parent table be dropped under its children; then every keyed row is an orphan.
-    """
-    q = store.quote
-    not_null = " AND ".join(f"c.{q(col)} IS NOT NULL" for col in fk.columns)
-    where = f"FROM {q(fk.table)} c WHERE {not_null}"
-    if parent_exists or fk.parent_schema is not None:
-        parent = q(fk.parent) if fk.parent_schema is None else f"{q(fk.parent_schema)}.{q(fk.parent)}"
-        match = " AND ".join(f"p.{q(pc)} = c.{q(col)}" for col, pc in zip(fk.columns, fk.parent_columns, strict=True))
-        where += f" AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE {match})"
-    count = store.scalar(f"SELECT count(*) {where}")
-    if not count:
-        return None
-    cols = ", ".join(f"c.{q(col)}" for col in fk.columns)
-    return {
-        "table": fk.table,
-        "columns": list(fk.columns),
-        "parent": fk.parent,
-        "parent_columns": list(fk.parent_columns),
-        "name": fk.name,
-        "rows": count,
-        "sample": [list(r) for r in store.rows(f"SELECT {cols} {where} LIMIT 3")],
-    }
-
-
-# --- workspaces ------------------------------------------------------------------------
-
-
-def has_workspaces(store: StoreReader) -> bool:
-    """The store's schema knows workspaces (MLflow 3.10+ migrations: a workspaces table, a column on experiments)."""
-    if "workspaces" not in store.tables():
-        return False
-    return any(c["name"] == "workspace" for c in store.inspector.get_columns("experiments"))
-
-
-def workspace_names(store: StoreReader) -> list[str]:
-    """Every workspace the store knows, and any named by a row without a workspaces row, 'default' first."""
-    if not has_workspaces(store):
-        return [DEFAULT_WORKSPACE]
-    names = {r[0] for r in store.rows("SELECT name FROM workspaces")}
-    names |= {r[0] for r in store.rows("SELECT DISTINCT workspace FROM experiments")}
-    names |= {r[0] for r in store.rows("SELECT DISTINCT workspace FROM registered_models")}
-    return sorted(names, key=lambda n: (n != DEFAULT_WORKSPACE, n))
-
-
-def workspace_counts(store: StoreReader) -> dict[str, Any]:
-    """Per workspace: experiments (deleted ones apart), runs, traces, registered models, prompts, model versions."""
-    if not has_workspaces(store):
-        return {"workspaces": [], "note": "this store predates MLflow's workspaces: everything is in one"}
-    tables = set(store.tables())
-    per: dict[str, dict[str, Any]] = {
-        name: {
-            "workspace": name,
-            "experiments": 0,
-            "deleted_experiments": 0,
-            "runs": 0,
-            "traces": 0,
-            "registered_models": 0,
-            "prompts": 0,
-            "model_versions": 0,
-        }
-        for name in workspace_names(store)
-    }
-    listed = {r[0] for r in store.rows("SELECT name FROM workspaces")}
-    for name, entry in per.items():
-        entry["in_workspaces_table"] = name in listed
-    for ws, stage, count in store.rows(
-        "SELECT workspace, lifecycle_stage, count(*) FROM experiments GROUP BY workspace, lifecycle_stage"
-    ):
-        per[ws]["deleted_experiments" if stage == "deleted" else "experiments"] += count
-    by_experiment = "JOIN experiments e ON e.experiment_id = t.experiment_id GROUP BY e.workspace"
-    for ws, count in store.rows(f"SELECT e.workspace, count(*) FROM runs t {by_experiment}"):
-        per[ws]["runs"] = count
-    if "trace_info" in tables:
-        for ws, count in store.rows(f"SELECT e.workspace, count(*) FROM trace_info t {by_experiment}"):
-            per[ws]["traces"] = count
-    prompt = (
-        "EXISTS (SELECT 1 FROM registered_model_tags g WHERE g.name = m.name AND g.workspace = m.workspace "
-        "AND g.key = :tag AND lower(g.value) = 'true')"
-    )
-    for ws, is_prompt, count in store.rows(
-        f"SELECT m.workspace, CASE WHEN {prompt} THEN 1 ELSE 0 END AS p, count(*) FROM registered_models m "
-        "GROUP BY m.workspace, p",
-        {"tag": PROMPT_TAG},
-    ):
-        per[ws]["prompts" if is_prompt else "registered_models"] += count
-    for ws, count in store.rows("SELECT workspace, count(*) FROM model_versions GROUP BY workspace"):
-        per[ws]["model_versions"] = count
-    return {"workspaces": list(per.values())}
 
 
 # --- runs ------------------------------------------------------------------------------

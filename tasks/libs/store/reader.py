@@ -28,6 +28,7 @@ from tasks.libs.postgres.connection import explain_error
 MLFLOW_CORE_TABLES = ("alembic_version", "experiments", "runs")
 APPLICATION_NAME = "mlflow-ops inspect"
 PG_LIMITS = "-c lock_timeout=10s -c statement_timeout=300s"
+DEFAULT_LIMIT = 50  # rows a list of findings shows at most; totals always count all
 
 
 class UnsupportedStore(UserError):

@@ -22,8 +22,8 @@ import sqlalchemy as sa
 
 from tasks.libs.core.databases import engine_for
 from tasks.libs.lifecycle.internals.snapshot import compare, json_null_counts, snapshot
-from tasks.libs.store.inspection import workspace_names
 from tasks.libs.store.reader import open_store
+from tasks.libs.store.workspaces import workspace_names
 
 
 def compare_rows(source_uri: str, target_uri: str, *, skip_columns: dict[str, set[str]]) -> tuple[list[str], int]:

@@ -1,10 +1,11 @@
 """Pid files read through ManagedProcess: a live record is returned, a stale one (process gone or
-pid reused) or a corrupt one removed. No process is started: the record names this test's own."""
+pid reused) or a corrupt one removed. No process is started: the record names this test's own. And
+the free ports the tool hands out: never the same one twice."""
 
 import os
 
 from tasks.libs.core.managed import ManagedProcess
-from tasks.libs.core.processes import ProcessRecord
+from tasks.libs.core.processes import ProcessRecord, free_port, free_ports_in_a_row
 
 
 def _process(tmp_path, name: str = "me") -> ManagedProcess[ProcessRecord]:
@@ -38,3 +39,13 @@ def test_running_without_a_pid_file_or_with_a_corrupt_one_is_none(tmp_path):
     corrupt = _process(tmp_path, "corrupt")
     corrupt.pid_file.write_text("{not json")
     assert corrupt.running() is None and not corrupt.pid_file.exists()
+
+
+def test_free_port_never_hands_out_a_port_twice_even_when_the_os_offers_it_again():
+    # Nothing listens between choosing a port and starting its program, so the kernel may offer
+    # one again; 500 choices would almost surely repeat one without the memory of what was given.
+    ports = [free_port() for _ in range(500)]
+    first = free_ports_in_a_row(3)
+    later = {free_port() for _ in range(200)}
+    assert len(set(ports)) == len(ports)
+    assert not later & {first, first + 1, first + 2} and not later & set(ports)

@@ -148,18 +148,31 @@ def port_holder(port: int) -> str:
     return "another process"
 
 
+# Ports free_port has handed out in this process. Nothing listens on a port between the moment
+# it is chosen and the moment its program starts, so the kernel may offer the same port again;
+# two listeners of one deployment (a server and its S3) were once given the same port that way.
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS says is free right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A port the OS says is free right now, never one this process was given before."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError(f"the OS offered no port on {host} that this process was not given before")
 
 
 def free_ports_in_a_row(count: int, host: str = "127.0.0.1") -> int:
     """The first of count consecutive ports that are all free right now (a cluster's replicas)."""
     for _ in range(200):
         first = free_port(host)
-        if first + count <= 65535 and all(port_is_free(host, first + i) for i in range(count)):
+        rest = range(first + 1, first + count)
+        if first + count <= 65535 and not _handed_out.intersection(rest) and all(port_is_free(host, p) for p in rest):
+            _handed_out.update(rest)
             return first
     raise RuntimeError(f"found no {count} consecutive free ports on {host}")
 

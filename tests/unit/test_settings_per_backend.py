@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.libs.bench.runner import _isolate
+from tasks.libs.bench.cluster import cluster_bench_settings
+from tasks.libs.bench.runner import bench_settings
 from tasks.libs.core.settings import Settings
 from tasks.libs.pipeline.full_check import isolated_settings
 from tasks.libs.server.command import server_command, server_env
@@ -43,6 +44,16 @@ def test_full_check_runs_what_server_start_runs(per_backend):
 
 def test_bench_tuned_server_runs_what_server_start_runs(per_backend, tmp_path):
     for backend in BACKENDS:
-        bench = _isolate(per_backend[backend], tmp_path / f"bench-{backend}", "pw", database="db")
+        bench = bench_settings(per_backend[backend], tmp_path / f"bench-{backend}", "pw", database="db")
         assert bench.backend == backend
         assert comparable(bench) == comparable(per_backend[backend])
+
+
+def test_cluster_bench_runs_the_bench_settings_with_every_listener_on_a_port_of_its_own(per_backend, tmp_path):
+    s = cluster_bench_settings(per_backend["sqlite"], tmp_path / "cluster", "pw", 45000, "db", 3)
+    assert s.backend == "postgres" and s.postgres.port == 45000 and s.postgres.provider == "local"
+    c = s.cluster
+    ports = [s.server.port, s.postgres.port, s.artifacts.s3.port, s.artifacts.artifacts_server.port]
+    ports += [c.first_port + i for i in range(c.replicas)]
+    ports += [c.lb.port, c.lb.stats_port, c.pgbouncer.port, c.read_replica.port, c.redis.port]
+    assert len(set(ports)) == len(ports) == 12, ports

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from pydantic import SecretStr
 
 from tasks.libs.bench.clients import ClientPool, prepare_experiments, run_workload
+from tasks.libs.bench.runner import bench_settings
 from tasks.libs.bench.stats import cell_stats, ratio
 from tasks.libs.bench.workload import OPS, WorkloadSpec
 from tasks.libs.cluster.haproxy import Haproxy
@@ -50,8 +50,8 @@ def run_cluster_bench(
     began, started_at = time.monotonic(), datetime.now(timezone.utc)
     password = secrets.token_urlsafe(18)
     pg_port = free_port()
-    single = _isolate(base, root / "single", password, pg_port, "mlflow_bench_single", replicas)
-    cluster = _isolate(base, root / "cluster", password, pg_port, "mlflow_bench_cluster", replicas)
+    single = cluster_bench_settings(base, root / "single", password, pg_port, "mlflow_bench_single", replicas)
+    cluster = cluster_bench_settings(base, root / "cluster", password, pg_port, "mlflow_bench_cluster", replicas)
     db = provider_for(single)
     pool: ClientPool | None = None
     restore_trust = trust_for_clients(trust_bundle([single, cluster], root / "ca-bundle.pem"))
@@ -128,23 +128,19 @@ def run_cluster_bench(
     }
 
 
-def _isolate(base: Settings, state: Path, password: str, pg_port: int, database: str, replicas: int) -> Settings:
-    """base moved to its own state dir and free ports, on the bench's own local PostgreSQL."""
-    state.mkdir(mode=0o755, parents=True)
-    s = base.model_copy(deep=True)
-    s.state_dir, s.backend = str(state), "postgres"
-    s.server.host, s.server.port, s.server.allowed_hosts = "127.0.0.1", free_port(), None
-    s.server.start_timeout, s.server.fallback_to_sqlite = max(s.server.start_timeout, 300), False
-    pg = s.postgres
-    pg.provider, pg.uri, pg.password, pg.database, pg.port = "local", None, SecretStr(password), database, pg_port
-    pg.local.cluster_dir = None
+def cluster_bench_settings(
+    base: Settings, state: Path, password: str, pg_port: int, database: str, replicas: int
+) -> Settings:
+    """The bench's settings for one set-up (runner.bench_settings), with the cluster's listeners on
+    free ports of their own and PostgreSQL as the store."""
+    s = bench_settings(base, state, password, database=database, pg_port=pg_port)
+    s.backend = "postgres"
     c = s.cluster
     c.replicas, c.host, c.first_port = replicas, "127.0.0.1", free_ports_in_a_row(replicas)
     c.lb.host, c.lb.port, c.lb.stats_port = "127.0.0.1", free_port(), free_port()
     c.pgbouncer.port, c.read_replica.port, c.redis.port = free_port(), free_port(), free_port()
     c.start_timeout = max(c.start_timeout, 300)
     s.monitoring.postgres_exporter.enabled = False
-    s.artifacts.s3.port, s.artifacts.artifacts_server.port = free_port(), free_port()
     return s
 
 

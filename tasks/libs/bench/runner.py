@@ -96,14 +96,16 @@ def run_bench(
     started_at, began = datetime.now(timezone.utc), time.monotonic()
     password = secrets.token_urlsafe(18)
     pg_settings = (
-        _isolate(per_backend["postgres"], root / "postgres", password, database="postgres")
+        bench_settings(per_backend["postgres"], root / "postgres", password, database="postgres")
         if "postgres" in per_backend
         else None
     )
     pg_port = pg_settings.postgres.port if pg_settings else None
     targets = [
         Target(
-            b, s, _isolate(per_backend[b], root / f"{b}-{s}", password, database=f"mlflow_bench_{s}", pg_port=pg_port)
+            b,
+            s,
+            bench_settings(per_backend[b], root / f"{b}-{s}", password, database=f"mlflow_bench_{s}", pg_port=pg_port),
         )
         for b in backends
         for s in SETUPS
@@ -120,13 +122,13 @@ def run_bench(
             found = measure_startups(
                 targets,
                 repetitions=spec.startup_repetitions,
-                fresh_store=_fresh_store,
+                fresh_store=fresh_store,
                 progress=lambda m: progress(f"{m}  ({time.monotonic() - began:.0f} s)"),
             )
             for t in targets:
                 t.footprint = found[t.name]
         for t in targets:
-            _fresh_store(t)
+            fresh_store(t)
         progress(f"starting {len(targets)} servers and {max(spec.clients)} clients  ({time.monotonic() - began:.0f} s)")
         with ThreadPoolExecutor(len(targets) + 1) as ex:
             pool_future = ex.submit(
@@ -142,8 +144,8 @@ def run_bench(
             raise UserError("a server did not start: " + " | ".join(problems))
         _timed(targets, spec, pool, lambda m: progress(f"{m}  ({time.monotonic() - began:.0f} s)"))
         progress(f"raw inserts  ({time.monotonic() - began:.0f} s)")
-        raw = [dict(backend=t.backend, store=t.setup, **row) for t in targets for row in _raw(t, spec)]
-        env = _environment(targets, pg_settings)
+        raw = [dict(backend=t.backend, store=t.setup, **row) for t in targets for row in raw_insert_rates(t, spec)]
+        env = describe_environment(targets, pg_settings)
         packages = {"tuned": pip_freeze(sys.executable), "stock": pip_freeze(stock_python)}
     finally:
         progress("stopping servers")
@@ -161,7 +163,9 @@ def run_bench(
     return doc
 
 
-def _isolate(base: Settings, state: Path, password: str, *, database: str, pg_port: int | None = None) -> Settings:
+def bench_settings(
+    base: Settings, state: Path, password: str, *, database: str, pg_port: int | None = None
+) -> Settings:
     """base moved to its own state dir and free ports, on the bench's own local PostgreSQL."""
     state.mkdir(mode=0o755, parents=True, exist_ok=True)
     s = base.model_copy(deep=True)
@@ -179,7 +183,7 @@ def _isolate(base: Settings, state: Path, password: str, *, database: str, pg_po
     return s
 
 
-def _fresh_store(t: Target) -> None:
+def fresh_store(t: Target) -> None:
     """An empty store for the target: a new SQLite file, or its PostgreSQL database dropped and made again."""
     if t.backend == "postgres":
         recreate_database(t.settings)
@@ -257,7 +261,7 @@ def server_pgid(settings: Settings) -> int | None:
     return record.pgid if record else None
 
 
-def _raw(t: Target, spec: WorkloadSpec) -> list[dict]:
+def raw_insert_rates(t: Target, spec: WorkloadSpec) -> list[dict]:
     limits = {
         k: spec.raw.get(k, d)
         for k, d in (("single_rows", 300), ("batch_rows", 1000), ("batches", 10), ("max_seconds", 3))
@@ -268,7 +272,7 @@ def _raw(t: Target, spec: WorkloadSpec) -> list[dict]:
         return bench_raw.raw_postgres(conn, **limits)
 
 
-def _environment(targets: list[Target], pg_settings: Settings | None) -> dict:
+def describe_environment(targets: list[Target], pg_settings: Settings | None) -> dict:
     env = bench_raw.environment()
     env["postgres"] = "not benched"
     if pg_settings:
@@ -280,7 +284,7 @@ def _environment(targets: list[Target], pg_settings: Settings | None) -> dict:
     return env
 
 
-def _describe_setup(t: Target) -> dict:
+def describe_setup(t: Target) -> dict:
     """The set-up's command line and the environment it adds, as it ran (paths and ports aside)."""
     s = t.settings
     cmd = [_short(c, s) for c in server_command(s, stock=t.stock)]
@@ -361,7 +365,7 @@ def _document(targets, spec, raw, env, started_at, seconds, client_mode) -> dict
             "spec": spec.__dict__,
         },
         "environment": env,
-        "setups": [_describe_setup(t) for t in targets],
+        "setups": [describe_setup(t) for t in targets],
         "cells": rows,
         "raw": raw,
         "ratios": ratios,

@@ -46,11 +46,11 @@ from tasks.libs.bench import scale_artifacts, scale_phases
 from tasks.libs.bench.runner import (
     SETUPS,
     Target,
-    _describe_setup,
-    _environment,
-    _fresh_store,
-    _isolate,
-    _raw,
+    bench_settings,
+    describe_environment,
+    describe_setup,
+    fresh_store,
+    raw_insert_rates,
     stderr_progress,
 )
 from tasks.libs.bench.scale_spec import ScaleSpec, ScaleTarget, scale_targets
@@ -78,7 +78,7 @@ def run_scale(
         progress(f"{message}  ({time.monotonic() - began:.0f} s)" if message else "")
 
     pg_settings = (
-        _isolate(per_backend["postgres"], root / "postgres", password, database="postgres")
+        bench_settings(per_backend["postgres"], root / "postgres", password, database="postgres")
         if "postgres" in per_backend
         else None
     )
@@ -88,7 +88,9 @@ def run_scale(
             Target(
                 b,
                 s,
-                _isolate(per_backend[b], root / f"{b}-{s}", password, database=f"mlflow_scale_{s}", pg_port=pg_port),
+                bench_settings(
+                    per_backend[b], root / f"{b}-{s}", password, database=f"mlflow_scale_{s}", pg_port=pg_port
+                ),
             )
         )
         for b in per_backend
@@ -102,7 +104,7 @@ def run_scale(
             say("starting PostgreSQL")
             db.start()
         for t in targets:
-            _fresh_store(t.target)
+            fresh_store(t.target)
         say(f"starting {len(targets)} servers")
         for t in targets:
             try:
@@ -119,7 +121,7 @@ def run_scale(
             doc["raw"] += [
                 dict(backend=backend, store=t.target.setup, **row)
                 for t in pair
-                for row in _raw(t.target, spec.workload_view())
+                for row in raw_insert_rates(t.target, spec.workload_view())
             ]
         if spec.artifact_mib:
             say(f"writing a {spec.artifact_mib} MiB file")
@@ -127,9 +129,9 @@ def run_scale(
             doc["artifact_limit"] = [scale_artifacts.loopback_copy(blob, root / "loopback")]
             for backend in per_backend:
                 scale_artifacts.artifacts([t for t in targets if t.target.backend == backend], blob, doc, say)
-        env = _environment([t.target for t in targets], pg_settings)
+        env = describe_environment([t.target for t in targets], pg_settings)
         doc["packages"] = {"tuned": pip_freeze(sys.executable), "stock": pip_freeze(stock_python)}
-        doc["setups"] = [_describe_setup(t.target) for t in targets]
+        doc["setups"] = [describe_setup(t.target) for t in targets]
     finally:
         say("stopping servers")
         for t in targets:

@@ -34,7 +34,7 @@ MIN_SECRET = 6  # shorter "secrets" would match by chance
 # --- listening addresses ------------------------------------------------------------------
 
 
-def _listening(procs: Iterable[psutil.Process]) -> list[tuple[str, int]]:
+def listening_addresses(procs: Iterable[psutil.Process]) -> list[tuple[str, int]]:
     found = set()
     for proc in procs:
         try:
@@ -53,7 +53,7 @@ def server_addresses(local: Local | None) -> list[tuple[str, int]] | None:
     if local is None or local.server_pgid is None:
         return None
     try:
-        return _listening(group_members(local.server_pgid))
+        return listening_addresses(group_members(local.server_pgid))
     except CheckSkipped:
         return None
 
@@ -61,7 +61,7 @@ def server_addresses(local: Local | None) -> list[tuple[str, int]] | None:
 def postgres_addresses(pg: PgLocal) -> list[tuple[str, int]]:
     try:
         postmaster = psutil.Process(pg.postmaster_pid)
-        return _listening([postmaster, *postmaster.children(recursive=True)])
+        return listening_addresses([postmaster, *postmaster.children(recursive=True)])
     except psutil.NoSuchProcess:
         return []
 
@@ -87,7 +87,7 @@ def check_listen_addresses(target: Target) -> str:
     local = target.local
     checked, bad = [], []
     if local and local.server_pgid is not None:
-        addresses = _listening(group_members(local.server_pgid))
+        addresses = listening_addresses(group_members(local.server_pgid))
         wide = [(ip, port) for ip, port in addresses if not as_config_says(ip, local.bind_host)]
         checked.append(f"the server on {_shown(addresses)}")
         if wide:

@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 from tasks.libs.core.certificates import cert_names, covers, date_problem
 from tasks.libs.core.processes import group_members
 from tasks.libs.reporting.records import CheckFailed, CheckSkipped
-from tasks.libs.security.probes_exposure import _listening
+from tasks.libs.security.probes_exposure import listening_addresses
 from tasks.libs.security.target import Target, is_loopback
 
 WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1"}
@@ -78,7 +78,7 @@ def check_plain_http(target: Target) -> str:
         said.append(f"plain HTTP on port {port} gets {'no HTTP answer' if answer is None else answer}")
     beyond = loopback = 0
     for name, pgid in target.behind:
-        for ip, listen_port in _listening(group_members(pgid)):
+        for ip, listen_port in listening_addresses(group_members(pgid)):
             if is_loopback(ip.split("%")[0]):
                 loopback += 1
                 continue

@@ -12,6 +12,7 @@ import pwd
 import shutil
 import subprocess
 import uuid
+from pathlib import Path
 from urllib.parse import quote
 
 import psutil
@@ -181,6 +182,41 @@ def test_root_with_the_state_dir_under_a_closed_folder_keeps_the_cluster_where_p
     finally:
         inv("server.stop", env=env)
         inv("db.reset", "--yes", "--wipe", env=env)
+        shutil.rmtree(closed, ignore_errors=True)
+
+
+def test_a_checkout_cloned_again_at_the_same_path_gets_a_cluster_of_its_own_and_the_old_one_is_kept():
+    """Root, state dir under a closed folder: the cluster lives in the postgres user's home, keyed by
+    the state dir's path. Deleting the state dir and making it again (a fresh clone at the same
+    path) must not adopt the old cluster (its password went with the old state dir) nor remove it."""
+    if not _root():
+        pytest.skip("only meaningful as root")
+    closed = make_state_dir()
+    closed.chmod(0o700)
+    state = closed / "checkout" / ".state"
+    state.mkdir(parents=True)
+    env = hermetic_env(state, POSTGRES__PROVIDER="local")
+    old_data = None
+    try:
+        first = inv("db.start", env=env)
+        assert first.returncode == 0, first.stderr
+        old_data = Path(first.stdout.split("(data: ")[1].split(")")[0])
+        assert inv("db.stop", env=env).returncode == 0
+        for item in state.iterdir():  # a fresh state dir; the test's own config file stays
+            if item.name != "hermetic.yaml":
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+        again = inv("db.start", env=env)
+        assert again.returncode == 0, again.stdout + again.stderr
+        new_data = Path(again.stdout.split("(data: ")[1].split(")")[0])
+        assert new_data != old_data and (old_data / "PG_VERSION").is_file()
+        assert f"left alone: {old_data.parent}" in again.stdout
+        server = inv("server.start", "--backend", "postgres", env=env)
+        assert server.returncode == 0, server.stdout + server.stderr
+    finally:
+        inv("server.stop", env=env)
+        inv("db.reset", "--yes", "--wipe", env=env)
+        if old_data is not None:
+            shutil.rmtree(old_data.parent, ignore_errors=True)
         shutil.rmtree(closed, ignore_errors=True)
 
 

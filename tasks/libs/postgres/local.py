@@ -4,7 +4,9 @@ The cluster (data, socket and log) lives in <state_dir>/postgres. PostgreSQL ref
 as root, so as root it runs as an unprivileged OS user (`postgres.local.os_user`), who must
 be able to reach the cluster: when the state dir is under a folder closed to that user
 (a checkout under /root, mode 0700), the cluster lives in that user's home instead, in
-~<os_user>/mlflow-ops/<state path>-<hash>, and <state_dir>/postgres/cluster says where.
+~<os_user>/mlflow-ops/<state path>-<hash>, and <state_dir>/postgres/cluster says where. A new
+state dir at the path of a deleted one (a checkout cloned again) never adopts the old cluster,
+whose password is gone: it takes <hash>-2 (-3, ...) and says what it left alone.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class LocalPostgres:
         self.pg = settings.postgres
         self.os_user = PostgresOsUser(settings.postgres.local.os_user)
         self.state_dir = settings.state_path / "postgres"
+        self.orphans: list[Path] = []  # clusters of earlier state dirs at this path (see _cluster_root)
         self.root = self._cluster_root()
         self.data_dir = self.root / "data"
         self.socket_dir = self.root / "run"
@@ -80,7 +83,12 @@ class LocalPostgres:
             )
         wait_for_database(self.settings, timeout=self.pg.start_timeout)
         what = "initialised and started" if created else "started"
-        return f"PostgreSQL {what} on {self.pg.host}:{self.pg.port} (data: {self.data_dir})"
+        left = "".join(
+            f"\nleft alone: {place}, the cluster of an earlier state dir at this path (its password went with it); "
+            "remove it when you no longer need its data"
+            for place in self.orphans
+        )
+        return f"PostgreSQL {what} on {self.pg.host}:{self.pg.port} (data: {self.data_dir}){left}"
 
     def stop(self) -> str:
         if not self.is_running():
@@ -238,7 +246,16 @@ class LocalPostgres:
         state = str(self.settings.state_path.resolve())
         slug = re.sub(r"[^A-Za-z0-9_.]+", "-", state.strip("/"))[-40:].lstrip("-")
         digest = hashlib.sha256(state.encode()).hexdigest()[:10]
-        return home / "mlflow-ops" / f"{slug}-{digest}"
+        # A cluster already there belongs to an earlier state dir at this path (a checkout deleted
+        # and cloned again): its password went with that state dir, so it is left alone, never
+        # adopted or removed, and this state dir gets the next free place.
+        place = home / "mlflow-ops" / f"{slug}-{digest}"
+        for n in range(2, 100):
+            if not (place / "data" / "PG_VERSION").is_file():
+                return place
+            self.orphans.append(place)
+            place = home / "mlflow-ops" / f"{slug}-{digest}-{n}"
+        raise UserError(f"98 clusters of earlier state dirs at {state} under {home / 'mlflow-ops'}; remove them")
 
     def _server_options(self) -> str:
         options = {

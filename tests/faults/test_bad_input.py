@@ -154,16 +154,22 @@ def test_external_uri_with_a_wrong_scheme_never_shows_its_password(state_dir):
 # --- running as root -------------------------------------------------------------------
 
 
-def test_root_with_the_state_dir_under_a_closed_folder_keeps_the_cluster_where_postgres_can_reach_it():
-    """A checkout under /root (0700): db and server still start; the cluster lives in the postgres
-    user's home, db.status says where, and stop and reset --wipe find it there."""
+def _checkout_in_a_closed_folder() -> tuple[Path, Path, dict[str, str]]:
+    """(the 0700 folder, a state dir inside it, the CLI's env) for a local PostgreSQL run as root, as
+    a checkout under /root has it; skips the test when we are not root."""
     if not _root():
         pytest.skip("only meaningful as root")
     closed = make_state_dir()
     closed.chmod(0o700)
     state = closed / "checkout" / ".state"
     state.mkdir(parents=True)
-    env = hermetic_env(state, POSTGRES__PROVIDER="local")
+    return closed, state, hermetic_env(state, POSTGRES__PROVIDER="local")
+
+
+def test_root_with_the_state_dir_under_a_closed_folder_keeps_the_cluster_where_postgres_can_reach_it():
+    """A checkout under /root (0700): db and server still start; the cluster lives in the postgres
+    user's home, db.status says where, and stop and reset --wipe find it there."""
+    closed, state, env = _checkout_in_a_closed_folder()
     try:
         started = inv("db.start", env=env)
         assert started.returncode == 0, started.stderr
@@ -189,13 +195,7 @@ def test_a_checkout_cloned_again_at_the_same_path_gets_a_cluster_of_its_own_and_
     """Root, state dir under a closed folder: the cluster lives in the postgres user's home, keyed by
     the state dir's path. Deleting the state dir and making it again (a fresh clone at the same
     path) must not adopt the old cluster (its password went with the old state dir) nor remove it."""
-    if not _root():
-        pytest.skip("only meaningful as root")
-    closed = make_state_dir()
-    closed.chmod(0o700)
-    state = closed / "checkout" / ".state"
-    state.mkdir(parents=True)
-    env = hermetic_env(state, POSTGRES__PROVIDER="local")
+    closed, state, env = _checkout_in_a_closed_folder()
     old_data = None
     try:
         first = inv("db.start", env=env)

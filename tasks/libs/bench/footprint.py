@@ -86,14 +86,10 @@ def measure_startups(
 
 
 class PeakSampler:
-    """Samples the RSS of every target's process tree while the workload runs; keeps the peak."""
+    """Samples the RSS of each named process group while the block runs; keeps each one's peak."""
 
-    def __init__(self, targets: Iterable, interval: float = 0.5):
-        self.groups = {}
-        for t in targets:
-            record = ServerRecord.read(ServerPaths.of(t.settings).pid_file)
-            if record is not None:
-                self.groups[t.name] = record.pgid
+    def __init__(self, groups: dict[str, int], interval: float = 0.5):
+        self.groups = groups  # name -> process group id
         self.peaks = dict.fromkeys(self.groups, 0)
         self._interval = interval
         self._stop = threading.Event()
@@ -105,6 +101,16 @@ class PeakSampler:
                 rss, _ = tree_memory(pgid, pss=False)
                 self.peaks[name] = max(self.peaks[name], rss)
             self._stop.wait(self._interval)
+
+    @classmethod
+    def of_servers(cls, targets: Iterable, interval: float = 0.5) -> PeakSampler:
+        """A sampler of each target's running server group, by target name."""
+        groups = {}
+        for t in targets:
+            record = ServerRecord.read(ServerPaths.of(t.settings).pid_file)
+            if record is not None:
+                groups[t.name] = record.pgid
+        return cls(groups, interval)
 
     def __enter__(self) -> PeakSampler:
         self._thread.start()

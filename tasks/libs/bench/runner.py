@@ -219,7 +219,7 @@ def _timed(targets: list[Target], spec: WorkloadSpec, pool: ClientPool, progress
             experiment_id=t.experiment_id,
             seed_experiment_id=t.seed_experiment_id,
         )
-    with PeakSampler(targets) as sampler:
+    with PeakSampler.of_servers(targets) as sampler:
         _timed_cells(targets, spec, pool, progress, step, total)
     for t in targets:
         t.footprint.peak_rss = sampler.peaks.get(t.name, 0)

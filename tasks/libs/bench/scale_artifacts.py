@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from tasks.libs.bench.footprint import tree_memory
+from tasks.libs.bench.footprint import PeakSampler, tree_memory
 from tasks.libs.bench.runner import server_pgid
 from tasks.libs.bench.scale_calls import figure
 from tasks.libs.bench.scale_spec import ScaleTarget
@@ -41,28 +41,6 @@ def write_blob(path: Path, mib: int) -> None:
             fh.write(block[i % 251 :] + block[: i % 251])  # no two MiB alike, cheaply
 
 
-class RssPeak:
-    """The peak RSS of a process group while the block runs (sampled every 0.2 s)."""
-
-    def __init__(self, pgid: int | None):
-        self.pgid, self.peak, self._stop = pgid, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            if self.pgid:
-                self.peak = max(self.peak, tree_memory(self.pgid, pss=False)[0])
-            self._stop.wait(0.2)
-
-    def __enter__(self) -> RssPeak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
 def artifacts(pair: list[ScaleTarget], blob: Path, doc: dict, say) -> None:
     from mlflow import MlflowClient
 
@@ -76,13 +54,13 @@ def artifacts(pair: list[ScaleTarget], blob: Path, doc: dict, say) -> None:
             pgid = server_pgid(t.settings)
             idle = tree_memory(pgid, pss=False)[0] if pgid else 0
             say(f"{t.target.name}: uploading {size_mb:,.0f} MB through the server")
-            with RssPeak(pgid) as up_peak:
+            with PeakSampler({"server": pgid} if pgid else {}, interval=0.2) as up_peak:
                 began = time.perf_counter()
                 client.log_artifact(run, str(blob), artifact_path="big")
                 up_s = time.perf_counter() - began
             say(f"{t.target.name}: downloading it")
             dst = Path(tempfile.mkdtemp(dir=blob.parent))
-            with RssPeak(pgid) as down_peak:
+            with PeakSampler({"server": pgid} if pgid else {}, interval=0.2) as down_peak:
                 began = time.perf_counter()
                 got = Path(client.download_artifacts(run, f"big/{blob.name}", str(dst)))
                 down_s = time.perf_counter() - began
@@ -91,7 +69,10 @@ def artifacts(pair: list[ScaleTarget], blob: Path, doc: dict, say) -> None:
             for stored in t.settings.state_path.rglob(blob.name):  # the server's copy: disk for the next one
                 stored.unlink()
             limit = doc["artifact_limit"][0] if doc["artifact_limit"] else {}
-            for direction, seconds, peak in (("upload", up_s, up_peak.peak), ("download", down_s, down_peak.peak)):
+            for direction, seconds, peak in (
+                ("upload", up_s, up_peak.peaks.get("server", 0)),
+                ("download", down_s, down_peak.peaks.get("server", 0)),
+            ):
                 doc["figures"].append(
                     figure(
                         t,
